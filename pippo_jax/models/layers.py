@@ -1,0 +1,121 @@
+"""Basic layers with logical axis names, float32 parameters and a configurable matmul dtype.
+
+Every parameter carries logical axis names (see `pippo_jax.parallel.sharding` for the rules that map
+them to mesh axes). Matmuls cast their inputs to `compute_dtype` and accumulate in float32
+(`preferred_element_type`), which keeps the fast bf16 path on CPUs and TPUs; outputs are float32.
+LayerNorm statistics are always computed in float32.
+"""
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Initializer = Callable[..., jax.Array]
+
+xavier_uniform = nn.initializers.xavier_uniform()
+zeros = nn.initializers.zeros
+
+
+def xavier_uniform_gain(gain: float) -> Initializer:
+  """Xavier-uniform scaled by `gain` (PyTorch's `xavier_uniform_(w, gain)`)."""
+  return nn.initializers.variance_scaling(gain**2, "fan_avg", "uniform")
+
+
+def uniform_fan_in(c: float = 1.0) -> Initializer:
+  """U(-sqrt(c / fan_in), sqrt(c / fan_in)) for a kernel or bias with known fan-in."""
+
+  def init(key, shape, dtype=jnp.float32, fan_in=None):
+    fan_in = shape[0] if fan_in is None else fan_in
+    bound = (c / fan_in) ** 0.5
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def matmul(x: jax.Array, kernel: jax.Array, compute_dtype: Any) -> jax.Array:
+  """x[..., in] @ kernel[in, out] with inputs in `compute_dtype`, float32 accumulation."""
+  return jax.lax.dot_general(
+      x.astype(compute_dtype), kernel.astype(compute_dtype),
+      (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+class Dense(nn.Module):
+  """Linear layer y = x W + b with W stored [in, out] and logical axes `kernel_axes`."""
+  features: int
+  kernel_axes: tuple[str | None, str | None] = ("embed", "mlp")
+  use_bias: bool = True
+  kernel_init: Initializer = xavier_uniform
+  bias_init: Initializer = zeros
+  compute_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param(
+        "kernel", nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
+        (x.shape[-1], self.features), jnp.float32)
+    y = matmul(x, kernel, self.compute_dtype)
+    if self.use_bias:
+      bias_init = self.bias_init
+      if bias_init is not zeros:  # fan-in aware bias initialisers (SIREN) need the input size
+        fan_in = x.shape[-1]
+        bias_init = lambda k, s, d=jnp.float32, f=self.bias_init: f(k, s, d, fan_in=fan_in)
+      bias = self.param("bias", nn.with_logical_partitioning(bias_init, self.kernel_axes[1:]),
+                        (self.features,), jnp.float32)
+      y = y + bias
+    return y
+
+
+class Conv(nn.Module):
+  """2D convolution on channels-last maps, kernel [kh, kw, in, out], 'SAME'-style padding k // 2."""
+  features: int
+  kernel_size: int
+  stride: int = 1
+  kernel_axes: tuple[str | None, ...] = (None, None, "conv_in", "embed")
+  compute_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k = self.kernel_size
+    kernel = self.param("kernel", nn.with_logical_partitioning(xavier_uniform, self.kernel_axes),
+                        (k, k, x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.with_logical_partitioning(zeros, self.kernel_axes[-1:]),
+                      (self.features,), jnp.float32)
+    pad = k // 2
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.compute_dtype), kernel.astype(self.compute_dtype),
+        window_strides=(self.stride, self.stride), padding=((pad, pad), (pad, pad)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=jnp.float32)
+    return y + bias
+
+
+def layer_norm_stats(x: jax.Array, eps: float) -> jax.Array:
+  """(x - mean) / sqrt(var + eps) over the last axis, in float32."""
+  x = x.astype(jnp.float32)
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+  return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm over the last axis in float32; optional affine scale/bias (init 1 / 0)."""
+  eps: float = 1e-5
+  affine: bool = True
+  axis_name: str | None = "norm"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = layer_norm_stats(x, self.eps)
+    if self.affine:
+      d = x.shape[-1]
+      scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
+                         (d,), jnp.float32)
+      bias = self.param("bias", nn.with_logical_partitioning(zeros, (self.axis_name,)), (d,),
+                        jnp.float32)
+      y = y * scale + bias
+    return y
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """Sharding constraint on an activation by logical axis names (no-op without rules/mesh)."""
+  return nn.with_logical_constraint(x, tuple(axes))
