@@ -5,8 +5,11 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pathlib
+import sys
 
 import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # tests/ helpers: golden_io, reference
 
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
 GOLDEN = SHARED / "golden" / "release_s0"
