@@ -1,0 +1,80 @@
+"""pippo-inspect: parameter overview, token count and model FLOPs of a stage config.
+
+  pippo-inspect --config configs/p3_posttrain.py:size=tiny,res=128 [--config.model.depth=4] [--full]
+
+Shapes come from `jax.eval_shape`: nothing is allocated, so full-size configs are cheap to inspect.
+"""
+import sys
+
+from absl import app, flags
+import flax.linen as nn
+import jax
+import numpy as np
+from ml_collections import config_flags
+
+from pippo_jax import config_lib
+from pippo_jax.models import flops
+from pippo_jax.models.config import ModelConfig
+from pippo_jax.models.pippo import Pippo, dummy_inputs
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file[:variant].",
+                                          lock_config=False)
+_FULL = flags.DEFINE_bool("full", False, "Also print every parameter's shape.")
+
+
+def param_shapes(cfg: ModelConfig) -> dict:
+  """Unboxed parameter ShapeDtypeStructs of the model, via jax.eval_shape."""
+  x_t, t, cond = dummy_inputs(cfg, batch=1)
+  variables = jax.eval_shape(Pippo(cfg).init, jax.random.key(0), x_t, t, cond)
+  return nn.unbox(variables["params"])
+
+
+def count(tree) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def human(n: float, unit: str = "") -> str:
+  for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+    if abs(n) >= scale:
+      return f"{n / scale:.2f}{suffix}{unit}"
+  return f"{n:.0f}{unit}"
+
+
+def report(config, full: bool = False) -> str:
+  """The text pippo-inspect prints for a resolved config."""
+  cfg = ModelConfig.from_config(config.model)
+  shapes = param_shapes(cfg)
+  total = count(shapes)
+  lines = [f"stage {config.stage}  variant {dict(config.variant)}",
+           f"width {cfg.width}  depth {cfg.depth}  heads {cfg.num_heads}  image {cfg.image_size}px  "
+           f"latent {cfg.latent_size}x{cfg.latent_size}x{cfg.latent_channels}  "
+           f"views {cfg.num_views}+1", "",
+           f"{'module':<16}{'params':>16}{'share':>9}"]
+  for name in sorted(shapes, key=lambda k: -count(shapes[k])):
+    c = count(shapes[name])
+    lines.append(f"{name:<16}{c:>16,}{100 * c / total:>8.2f}%")
+  lines.append(f"{'total':<16}{total:>16,}  ({total / 1e6:.2f}M)")
+  if full:
+    lines.append("")
+    for path, leaf in jax.tree_util.tree_leaves_with_path(shapes):
+      lines.append(f"  {jax.tree_util.keystr(path):<60} {str(tuple(leaf.shape)):>22}")
+  b = config.batch_size
+  fwd = flops.forward_flops(cfg, batch=b)
+  lines += ["", f"tokens per step      {b * (cfg.num_views + 1) * cfg.tokens_per_view:,} "
+            f"(batch {b} x {cfg.num_views + 1} views x {cfg.tokens_per_view} tokens)",
+            f"FLOPs per forward    {human(fwd['total'])}  "
+            f"(attention {100 * fwd['blocks.attention'] / fwd['total']:.1f}%)",
+            f"FLOPs per train step {human(3 * fwd['total'])}  (3 x forward)"]
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  flags.FLAGS(argv if argv is not None else sys.argv)
+  if _CONFIG.value is None:
+    raise app.UsageError("--config is required, e.g. --config configs/p3_posttrain.py:size=tiny")
+  config = config_lib.validate(_CONFIG.value)
+  print(report(config, _FULL.value))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,143 @@
+"""Shared pieces of the stage configs: variant parsing, model sizes, validation.
+
+A config is named `configs/<stage>.py:<variant>` where the variant is comma-separated key=value
+pairs (`res=512,size=tiny,views=8`), as in big_vision. Configs are plain data (ml_collections);
+everything a user may turn is a key, and `validate` checks the combination at config time.
+"""
+import ml_collections
+
+from pippo_jax.models import attention
+
+# width, depth, heads, camera-MLP hidden size.
+SIZES = {
+    "full": dict(width=1536, depth=28, num_heads=24, cam_mlp_hidden=1024),
+    "tiny": dict(width=768, depth=12, num_heads=24, cam_mlp_hidden=1024),
+    "smoke": dict(width=128, depth=4, num_heads=4, cam_mlp_hidden=128),
+}
+RESOLUTIONS = (64, 128, 256, 512, 1024)
+# Total views per sequence the release's attention biasing assumes were seen in training.
+RELEASE_TRAIN_VIEWS = {64: 24, 128: 24, 256: 24, 512: 12, 1024: 2}
+REMAT_POLICIES = ("none", "nothing_saveable", "everything_saveable", "dots_saveable",
+                  "dots_with_no_batch_dims_saveable")
+DTYPES = ("float32", "bfloat16")
+
+
+def parse_variant(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """'res=512,size=tiny' -> ConfigDict over `defaults`; values are cast to the default's type."""
+  out = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    if "=" not in item:
+      raise ValueError(f"config variant item {item!r} is not key=value (valid keys: {sorted(out)})")
+    key, value = (s.strip() for s in item.split("=", 1))
+    if key not in out:
+      raise ValueError(f"unknown config variant key {key!r}; valid keys: {sorted(out)}")
+    kind = type(out[key]) if out[key] is not None else str
+    out[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+  return ml_collections.ConfigDict(out)
+
+
+def codec_config(size: str, res: int) -> ml_collections.ConfigDict:
+  """The pixel <-> latent codec: the frozen SDXL VAE, or an exactly invertible space-to-depth
+  codec (pixel blocks -> channels) for small runs where no pretrained VAE is available."""
+  if size == "smoke":
+    return ml_collections.ConfigDict(dict(kind="space_to_depth", downsample=8, latent_channels=192,
+                                          scale_factor=1.0, shift_factor=0.0, weights_path=""))
+  return ml_collections.ConfigDict(dict(kind="sdxl_vae", downsample=8, latent_channels=4,
+                                        scale_factor=0.13025, shift_factor=0.0, weights_path="",
+                                        sample_posterior=True))
+
+
+def model_config(size: str, res: int, views: int, *, cam: bool, control: bool,
+                 codec: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The `model` section (keys = `pippo_jax.models.config.ModelConfig` fields)."""
+  if size not in SIZES:
+    raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
+  m = dict(SIZES[size])
+  m.update(
+      mlp_ratio=4.0, patch_size=2, latent_channels=codec.latent_channels,
+      latent_size=res // codec.downsample, image_size=res, num_views=views,
+      freq_dim=256, max_period=1e4, block_norm_eps=1e-5, patch_norm_eps=1e-6,
+      use_cam_mlp=cam, cam_pose_dim=16, cam_norm_eps=1e-5,
+      use_control_mlp=control, siren_hidden=(16, 32), siren_out=32, siren_w0_first=30.0,
+      siren_w0=1.0, plucker_dim=6, control_norm_eps=1e-6,
+      attention_impl="auto", attention_block_q=512, attention_block_kv=512,
+      attention_gamma=1.4, attention_train_views=RELEASE_TRAIN_VIEWS.get(res, 24),
+      dtype="float32", scan_blocks=True, remat_policy="nothing_saveable")
+  return ml_collections.ConfigDict(m)
+
+
+def diffusion_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      num_timesteps=1000, schedule="cosine", cosine_s=0.008, max_beta=0.999, prediction="eps",
+      loss_mask="none",
+      sampler=dict(num_steps=30, eta=0.1, attention_biasing=False),
+      # Classifier-free guidance: training-time dropout per condition group, sampling scales.
+      cond_drop=dict(ref=0.0, cam=0.0, control=0.0),
+      guidance=dict(ref=1.0, cam=1.0, control=1.0, rescale=0.0, triangular=False)))
+
+
+def optimizer_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      name="adamw", lr=1e-4, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, grad_clip=1.0,
+      warmup_steps=0, decay="constant"))
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Check a resolved config; raise ValueError naming the offending key(s)."""
+  m, codec = config.model, config.codec
+  if m.width % m.num_heads:
+    raise ValueError(f"model.num_heads={m.num_heads} does not divide model.width={m.width}")
+  if (m.width // m.num_heads) % 2:
+    raise ValueError(f"model.width / model.num_heads = {m.width // m.num_heads} must be even")
+  if m.width % 4:
+    raise ValueError(f"model.width={m.width} must be divisible by 4 (2D sin-cos position table)")
+  step = codec.downsample * m.patch_size
+  if m.image_size % step:
+    raise ValueError(f"model.image_size={m.image_size} is not divisible by codec.downsample * "
+                     f"model.patch_size = {step}")
+  if m.latent_size != m.image_size // codec.downsample:
+    raise ValueError(f"model.latent_size={m.latent_size} must equal model.image_size / "
+                     f"codec.downsample = {m.image_size // codec.downsample}")
+  if m.latent_channels != codec.latent_channels:
+    raise ValueError(f"model.latent_channels={m.latent_channels} != codec.latent_channels="
+                     f"{codec.latent_channels}")
+  if m.use_control_mlp and m.patch_size != 2:
+    raise ValueError(f"model.patch_size={m.patch_size}: ControlMLP's encoder downsamples by 2, "
+                     "so model.use_control_mlp needs model.patch_size=2")
+  if m.use_control_mlp and not m.use_cam_mlp:
+    raise ValueError("model.use_control_mlp=True needs model.use_cam_mlp=True (P3 builds on M2)")
+  if m.num_views < 1:
+    raise ValueError(f"model.num_views={m.num_views} must be >= 1")
+  if m.attention_impl not in attention.IMPLEMENTATIONS:
+    raise ValueError(f"model.attention_impl={m.attention_impl!r}; choose from "
+                     f"{attention.IMPLEMENTATIONS}")
+  if m.remat_policy not in REMAT_POLICIES:
+    raise ValueError(f"model.remat_policy={m.remat_policy!r}; choose from {REMAT_POLICIES}")
+  if m.dtype not in DTYPES:
+    raise ValueError(f"model.dtype={m.dtype!r}; choose from {DTYPES}")
+  if m.attention_train_views < 1 or m.attention_gamma <= 0:
+    raise ValueError("model.attention_train_views must be >= 1 and model.attention_gamma > 0")
+  if config.batch_size < 1:
+    raise ValueError(f"batch_size={config.batch_size} must be >= 1")
+  for group, p in config.diffusion.cond_drop.items():
+    if not 0.0 <= p <= 1.0:
+      raise ValueError(f"diffusion.cond_drop.{group}={p} is not a probability")
+  return config
+
+
+def stage_config(stage: str, variant: ml_collections.ConfigDict, *, cam: bool,
+                 control: bool) -> ml_collections.ConfigDict:
+  """Assemble a full config from a parsed variant (keys size, res, views, batch)."""
+  if variant.res not in RESOLUTIONS:
+    raise ValueError(f"res={variant.res} is not one of {RESOLUTIONS}")
+  config = ml_collections.ConfigDict()
+  config.stage = stage
+  config.variant = variant.to_dict()
+  config.seed = 0
+  config.batch_size = variant.batch
+  config.codec = codec_config(variant.size, variant.res)
+  config.model = model_config(variant.size, variant.res, variant.views, cam=cam, control=control,
+                              codec=config.codec)
+  config.diffusion = diffusion_config()
+  config.optimizer = optimizer_config()
+  return config
