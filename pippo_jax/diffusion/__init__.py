@@ -1,0 +1,1 @@
+"""Diffusion: cosine DDPM schedule, training objective, DDIM sampler, guidance."""
