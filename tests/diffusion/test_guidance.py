@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pippo_jax.diffusion import guidance
+from pippo_jax.diffusion import guidance, sampler
+from pippo_jax.diffusion.schedule import cosine_schedule
 
 B, V = 2, 4
 SHAPE = (B, V, 3, 3, 2)
@@ -143,3 +144,18 @@ def test_guided_and_unguided_share_one_compilation():
   np.testing.assert_allclose(unguided, model_fn(x, t, guidance.no_drops(B)),
                              atol=1e-5)
   assert float(jnp.max(jnp.abs(guided - unguided))) > 0.1
+
+
+def test_guided_sampling_with_unit_scales_equals_conditional_sampling():
+  rng = np.random.default_rng(4)
+  cond = {g: jnp.asarray(0.1 * rng.standard_normal(SHAPE), jnp.float32)
+          for g in guidance.CONDITION_GROUPS}
+  model_fn, calls = _toy_model(cond)
+  x_T = jnp.asarray(rng.standard_normal(SHAPE), jnp.float32)
+  key, sched = jax.random.key(0), cosine_schedule()
+  unit = guidance.guided_eps_fn(model_fn, {"ref": 1.0, "cam": 1.0}, rescale=0.0)
+  plain = guidance.guided_eps_fn(model_fn, {})
+  x_unit = sampler.ddim_sample(unit, x_T, key, sched, 10, 0.1)
+  x_plain = sampler.ddim_sample(plain, x_T, key, sched, 10, 0.1)
+  assert calls == [3 * B, B]  # traced once each: one batched call per step
+  np.testing.assert_allclose(x_unit, x_plain, rtol=1e-5, atol=1e-5)
