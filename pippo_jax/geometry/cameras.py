@@ -111,7 +111,7 @@ def validate_cameras(K, E, names: Optional[Sequence[str]] = None, *,
 def _intrinsics_problem(k) -> Optional[str]:
   if not np.all(np.isfinite(k)):
     return f"K contains NaN or inf: {k.tolist()}."
-  if abs(k[1, 0]) > 0 or np.any(np.abs(k[2] - [0, 0, 1]) > 1e-9):
+  if abs(k[1, 0]) > 1e-9 * np.abs(k).max() or np.any(np.abs(k[2] - [0, 0, 1]) > 1e-9):
     return (f"K must be [[fx, s, cx], [0, fy, cy], [0, 0, 1]], got {k.tolist()} "
             f"(a transposed K from a KRT file? use krt_to_KE).")
   if not (k[0, 0] > 0 and k[1, 1] > 0):
@@ -243,11 +243,14 @@ def rotation_to_quaternion(R) -> np.ndarray:
   """
   R = np.asarray(R, np.float64)
   r = lambda i, j: R[..., i, j]
+  trace = r(0, 0) + r(1, 1) + r(2, 2)
+  sym = lambda i, j: r(i, j) + r(j, i)
+  skew = [r(2, 1) - r(1, 2), r(0, 2) - r(2, 0), r(1, 0) - r(0, 1)]
   m = np.stack([
-      np.stack([r(0, 0) - r(1, 1) - r(2, 2), r(1, 0) + r(0, 1), r(2, 0) + r(0, 2), r(2, 1) - r(1, 2)], -1),
-      np.stack([r(1, 0) + r(0, 1), r(1, 1) - r(0, 0) - r(2, 2), r(2, 1) + r(1, 2), r(0, 2) - r(2, 0)], -1),
-      np.stack([r(2, 0) + r(0, 2), r(2, 1) + r(1, 2), r(2, 2) - r(0, 0) - r(1, 1), r(1, 0) - r(0, 1)], -1),
-      np.stack([r(2, 1) - r(1, 2), r(0, 2) - r(2, 0), r(1, 0) - r(0, 1), r(0, 0) + r(1, 1) + r(2, 2)], -1),
+      np.stack([2 * r(0, 0) - trace, sym(0, 1), sym(0, 2), skew[0]], -1),
+      np.stack([sym(0, 1), 2 * r(1, 1) - trace, sym(1, 2), skew[1]], -1),
+      np.stack([sym(0, 2), sym(1, 2), 2 * r(2, 2) - trace, skew[2]], -1),
+      np.stack([skew[0], skew[1], skew[2], trace], -1),
   ], -2) / 3.0
   _, vectors = np.linalg.eigh(m)
   xyzw = vectors[..., :, -1]

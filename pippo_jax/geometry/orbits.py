@@ -31,7 +31,8 @@ def look_at(eye, target, up) -> np.ndarray:
   eye, target, up = (np.asarray(v, np.float64) for v in (eye, target, up))
   forward = target - eye
   right = np.cross(forward, up)
-  if np.linalg.norm(forward) < 1e-12 or np.linalg.norm(right) < 1e-9 * np.linalg.norm(forward):
+  if (np.linalg.norm(forward) < 1e-12
+      or np.linalg.norm(right) < 1e-9 * np.linalg.norm(forward)):
     raise ValueError(f"look_at: eye {eye.tolist()} must differ from target and "
                      f"the view direction must not be parallel to up.")
   z = forward / np.linalg.norm(forward)
@@ -67,6 +68,9 @@ def turntable_cameras(num_views: int, radius: float, head_point=(0.0, 0.0, 0.0),
   x_axis, y_axis, z_axis = H[:, 0], H[:, 1], H[:, 2]
   height, width = image_hw
   if focal is None:
+    if fov_deg is None or not 0 < fov_deg < 180:
+      raise ValueError(f"give focal (pixels) or fov_deg in (0, 180), got "
+                       f"focal={focal}, fov_deg={fov_deg}.")
     focal = 0.5 * height / np.tan(np.radians(fov_deg) / 2)
   azimuths = np.radians(start_azimuth_deg + 360.0 * np.arange(num_views) / num_views)
   Es = []

@@ -43,8 +43,8 @@ def test_axes_point_along_the_projected_head_axes():
   c = 1
   img = anchors.render_spatial_anchor(K[c], E[c], HEAD, _head_rotation(), H, W,
                                       radius=0.01)
-  uv = cameras.project_points(K[c], E[c], np.stack(
-      [HEAD, HEAD + 0.12 * _head_rotation()[:, 0], HEAD + 0.12 * _head_rotation()[:, 1]]))[0]
+  tips = HEAD + 0.12 * _head_rotation().T  # rows: tips of the x, y, z axes
+  uv = cameras.project_points(K[c], E[c], np.stack([HEAD, tips[0], tips[1]]))[0]
   for axis, channel in ((1, 0), (2, 1)):  # x axis red, y axis green
     others = [ch for ch in range(3) if ch != channel]
     mask = (img[..., channel] > 200) & (img[..., others].max(-1) < 30)
