@@ -62,7 +62,9 @@ def model_config(size: str, res: int, views: int, *, cam: bool, control: bool,
       siren_w0=1.0, plucker_dim=6, control_norm_eps=1e-6,
       attention_impl="auto", attention_block_q=512, attention_block_kv=512,
       attention_gamma=1.4, attention_train_views=RELEASE_TRAIN_VIEWS.get(res, 24),
-      dtype="float32", scan_blocks=True, remat_policy="nothing_saveable")
+      dtype="float32", scan_blocks=True,
+      # Rematerialise blocks only where activations would not fit: the full model.
+      remat_policy="nothing_saveable" if size == "full" else "none")
   return ml_collections.ConfigDict(m)
 
 
