@@ -20,6 +20,8 @@ from pippo_jax.models.pippo import Pippo, dummy_inputs
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file[:variant].",
                                           lock_config=False)
 _FULL = flags.DEFINE_bool("full", False, "Also print every parameter's shape.")
+_ALL = flags.DEFINE_bool("all", False, "Inspect the default variant of every stage config.")
+STAGE_CONFIGS = ("p1_pretrain", "m2_midtrain", "p3_posttrain")
 
 
 def param_shapes(cfg: ModelConfig) -> dict:
@@ -70,8 +72,15 @@ def report(config, full: bool = False) -> str:
 
 def main(argv=None):
   flags.FLAGS(argv if argv is not None else sys.argv)
+  if _ALL.value:
+    import importlib
+    for name in STAGE_CONFIGS:
+      print(f"=== configs/{name}.py")
+      print(report(importlib.import_module(f"configs.{name}").get_config(), _FULL.value) + "\n")
+    return
   if _CONFIG.value is None:
-    raise app.UsageError("--config is required, e.g. --config configs/p3_posttrain.py:size=tiny")
+    raise app.UsageError("--config is required (e.g. --config configs/p3_posttrain.py:size=tiny), "
+                         "or --all")
   config = config_lib.validate(_CONFIG.value)
   print(report(config, _FULL.value))
 
