@@ -65,7 +65,9 @@ class _SkipIterator(grain.DatasetIterator):
                epoch_records: int):
     super().__init__(parent)
     self.threshold, self.min_records = threshold, min_records
-    self.epoch_records = epoch_records
+    # Nothing emitted after a whole host epoch (at least 1000, at most 10^4
+    # records): the filters or the data are wrong; stop instead of spinning.
+    self.give_up = min(max(epoch_records, 1000), 10000)
     self.counts = {"seen": 0, "corrupt": 0, "filtered": 0, "emitted": 0}
 
   def __next__(self):
@@ -89,7 +91,7 @@ class _SkipIterator(grain.DatasetIterator):
               f"({fraction:.1%} > data.corrupt_threshold={self.threshold:.1%}); "
               f"last: {ex['_where']}: {ex['_message']}. Check the dataset with "
               "`pippo-data stats DIR --all` or raise data.corrupt_threshold.")
-      if c["emitted"] == 0 and c["seen"] >= self.epoch_records:
+      if c["emitted"] == 0 and c["seen"] >= self.give_up:
         raise CorruptDataError(
             f"none of the first {c['seen']} records passed (corrupt: "
             f"{c['corrupt']}, filtered: {c['filtered']}; last: {ex['_message']}); "
