@@ -157,12 +157,19 @@ def _preview(args):
 def _tfds_build(args):
   from data_pipelines import tfds_builders  # pylint: disable=g-import-not-at-top
   if args.builder == "synthetic_studio":
-    config = tfds_builders.SyntheticStudioConfig(
-        name=args.config or "captures", kind=args.config or "captures",
-        seed=args.seed, subjects=args.subjects, cameras=args.cameras,
-        resolution=args.resolution)
+    kind = args.config or "captures"
+    settings = dict(seed=args.seed, subjects=args.subjects, cameras=args.cameras,
+                    resolution=args.resolution)
+    default = tfds_builders.SyntheticStudioConfig(name=kind, kind=kind)
+    if all(getattr(default, k) == v for k, v in settings.items()):
+      config = kind  # one of the builder's own configs
+    else:  # tfds wants a new name for other settings
+      config = tfds_builders.SyntheticStudioConfig(
+          name=(f"{kind}_{args.subjects}x{args.cameras}_{args.resolution}px_"
+                f"seed{args.seed}"), kind=kind, **settings)
     builder = tfds_builders.PippoSyntheticStudio(
         config=config, data_dir=args.data_dir, file_format="array_record")
+    config = builder.builder_config
   else:
     config = tfds_builders.ImageFolderConfig(name=args.config or "default",
                                              folder=args.folder)

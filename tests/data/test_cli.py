@@ -39,3 +39,11 @@ def test_synth_inspect_stats_preview(tmp_path, capsys):
             "--num-views", "2", "--examples", "2"])
   # Two rows of reference + 2 targets, then the same with anchors drawn.
   assert np.asarray(Image.open(png)).shape == (64, 6 * 32, 3)
+
+
+def test_tfds_build_prints_how_to_read(tmp_path, capsys):
+  cli.main(["tfds-build", "--builder", "synthetic_studio", "--config", "images",
+            "--data-dir", str(tmp_path), "--subjects", "2", "--resolution", "32"])
+  out = capsys.readouterr().out
+  assert "train=16, test=16" in out
+  assert "data.tfds_name='pippo_synthetic_studio/images_2x32_32px_seed0'" in out
