@@ -36,7 +36,7 @@ def random_inputs(cfg, batch=2, seed=1):
 def perturbed_params(cfg, seed=0, std=0.05):
   """Initialised parameters plus N(0, std) noise, so that zero-initialised layers are live."""
   x_t, t, cond = dummy_inputs(cfg, 1)
-  params = nn.unbox(Pippo(cfg).init(jax.random.key(seed), x_t, t, cond)["params"])
+  params = nn.unbox(jax.jit(Pippo(cfg).init)(jax.random.key(seed), x_t, t, cond)["params"])
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
   return jax.tree.unflatten(tree, [p + std * jax.random.normal(k, p.shape)
