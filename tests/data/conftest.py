@@ -4,7 +4,6 @@ import io
 from absl import flags
 import pytest
 
-from data_pipelines import config
 from data_pipelines import synthetic_studio
 
 # Grain's multi-worker loading reads absl flags.
@@ -21,12 +20,3 @@ def studio(tmp_path_factory):
   out = tmp_path_factory.mktemp("studio")
   synthetic_studio.write_studio(str(out), TINY, progress_stream=io.StringIO())
   return out
-
-
-def data_config(stage, path, resolution=32, num_views=3, **overrides):
-  cfg = config.default_data_config(stage, resolution, num_views)
-  cfg.path = str(path)
-  cfg.batch_size = 2
-  for key, value in overrides.items():
-    setattr(cfg, key, value)
-  return cfg

@@ -1,7 +1,6 @@
 """10^9 records through the real slicing and global shuffle, 256 simulated hosts."""
 import time
 
-import numpy as np
 import psutil
 
 from data_pipelines import config

@@ -7,7 +7,7 @@ from data_pipelines import pipelines
 from data_pipelines import schemas
 from data_pipelines import sources
 from pippo_jax.geometry import cameras
-from tests.data.conftest import data_config
+from data_helpers import data_config
 
 
 def _examples(cfg, n=4):

@@ -1,7 +1,6 @@
 """Grain pipelines: determinism, epochs, multi-process coverage, state, filters,
 corrupt records."""
 import logging
-import os
 import shutil
 
 import numpy as np
@@ -12,7 +11,7 @@ from data_pipelines import schemas
 from data_pipelines import sources
 from data_pipelines import transforms
 from data_pipelines import writer
-from tests.data.conftest import data_config
+from data_helpers import data_config
 
 NO_FILTERS = dict(min_detection_confidence=0.0, min_person_size=0.0,
                   min_visibility=0.0, min_quality=0.0, require_face=False)

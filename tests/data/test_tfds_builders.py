@@ -4,14 +4,13 @@ import logging
 
 import numpy as np
 from PIL import Image
-import pytest
 
 from data_pipelines import pipelines
 from data_pipelines import schemas
 from data_pipelines import sources
 from data_pipelines import synthetic_studio
 from data_pipelines import tfds_builders
-from tests.data.conftest import data_config
+from data_helpers import data_config
 
 SMALL = dict(seed=4, subjects=3, cameras=6, resolution=32, images_per_subject=3,
              test_fraction=0.3)
