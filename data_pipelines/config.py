@@ -40,6 +40,7 @@ views)`. Keys:
   seed               shuffling and augmentation seed (epoch e uses seed + e)
   shuffle            global shuffle (False: index order, for evaluation)
   num_epochs         None: repeat forever
+  drop_remainder     drop the last partial batch (only with num_epochs)
   batch_size         GLOBAL batch size; each process gets batch_size /
                      process_count
   worker_count       Grain worker processes (0: in the main process)
@@ -76,7 +77,7 @@ def default_data_config(stage: str, resolution: int = 128,
       filters=dict(min_detection_confidence=0.5, min_person_size=0.2,
                    min_visibility=0.5, min_quality=0.3, require_face=False),
       corrupt_threshold=0.01, corrupt_min_records=200,
-      seed=0, shuffle=True, num_epochs=None,
+      seed=0, shuffle=True, num_epochs=None, drop_remainder=True,
       batch_size=1, worker_count=0, worker_buffer_size=2,
       read_threads=2, read_buffer=8,
   ))

@@ -177,7 +177,8 @@ def build_dataset(cfg, *, process_index: int | None = None,
                     min_records=min(int(cfg.corrupt_min_records), epoch_records),
                     epoch_records=epoch_records)
   if batch:
-    it = it.batch(cfg.batch_size // process_count, drop_remainder=True)
+    it = it.batch(cfg.batch_size // process_count,
+                  drop_remainder=bool(cfg.drop_remainder))
   return it
 
 

@@ -14,7 +14,8 @@ regenerated alone (which is what makes the writer resumable):
   detection confidence, visibility, quality and face box.
 * `write_studio` writes both kinds as ArrayRecord datasets:
   `OUT/captures/{train,test}-*.array_record` and `OUT/images/...`. Test
-  subjects are the last `ceil(test_fraction * subjects)` identities.
+  subjects are the last `ceil(test_fraction * subjects)` identities. Capture
+  shards hold records_per_shard / 8 records (a capture is C images).
 """
 from __future__ import annotations
 
