@@ -6,6 +6,7 @@ everything a user may turn is a key, and `validate` checks the combination at co
 """
 import ml_collections
 
+from data_pipelines.config import default_data_config
 from pippo_jax.models import attention
 
 # width, depth, heads, camera-MLP hidden size.
@@ -121,6 +122,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise ValueError("model.attention_train_views must be >= 1 and model.attention_gamma > 0")
   if config.batch_size < 1:
     raise ValueError(f"batch_size={config.batch_size} must be >= 1")
+  if "data" in config:
+    if config.data.resolution != m.image_size:
+      raise ValueError(f"data.resolution={config.data.resolution} != model.image_size={m.image_size}")
+    if config.data.num_views != m.num_views:
+      raise ValueError(f"data.num_views={config.data.num_views} != model.num_views={m.num_views}")
   for group, p in config.diffusion.cond_drop.items():
     if not 0.0 <= p <= 1.0:
       raise ValueError(f"diffusion.cond_drop.{group}={p} is not a probability")
@@ -142,4 +148,6 @@ def stage_config(stage: str, variant: ml_collections.ConfigDict, *, cam: bool,
                               codec=config.codec)
   config.diffusion = diffusion_config()
   config.optimizer = optimizer_config()
+  config.data = default_data_config(stage, variant.res, variant.views)
+  config.data.batch_size = config.get_ref("batch_size")  # one global batch size
   return config

@@ -37,6 +37,13 @@ def test_stage_defaults_and_conditioning():
   assert p3.model.attention_train_views == 12 and get("p3_posttrain", "res=1024").model.attention_train_views == 2
   assert (p3.optimizer.lr, p3.optimizer.b2, p3.optimizer.eps) == (1e-4, 0.98, 1e-6)
   assert p3.diffusion.sampler.num_steps == 30 and p3.codec.scale_factor == 0.13025
+  assert (p1.data.kind, p3.data.kind, p3.data.with_controls, m2.data.with_controls) == (
+      "image", "multiview", True, False)
+  assert (p3.data.resolution, p3.data.num_views, m2.data.num_views) == (512, 4, 24)
+  batch8 = get("m2_midtrain", "batch=8")
+  assert batch8.data.batch_size == 8
+  batch8.batch_size = 16  # one global batch size: the data section follows
+  assert batch8.data.batch_size == 16
 
 
 def test_p1_and_m2_models_build():
@@ -54,6 +61,7 @@ def test_p1_and_m2_models_build():
     ("p3_posttrain", "size=tiny", ("patch_size", 4), "needs model.patch_size=2"),
     ("m2_midtrain", None, ("remat_policy", "sometimes"), "model.remat_policy='sometimes'"),
     ("m2_midtrain", None, ("attention_impl", "magic"), "model.attention_impl='magic'"),
+    ("m2_midtrain", None, ("num_views", 8), "data.num_views=24 != model.num_views=8"),
 ])
 def test_bad_model_values_fail_at_config_time_naming_the_key(stage, arg, override, message):
   config = get(stage, arg)
