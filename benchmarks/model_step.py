@@ -38,14 +38,6 @@ def best_time(fn, *args, repeats: int) -> float:
   return min(times)
 
 
-def matmul_peak(n: int = 2048, dtype=jnp.float32, repeats: int = 10) -> float:
-  """Best achieved FLOP/s of an n x n x n jitted matmul."""
-  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-  f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
-  jax.block_until_ready(f(a, a))
-  return 2 * n ** 3 / best_time(f, a, a, repeats=repeats)
-
-
 def timed_compile(fn, *args, donate=()):
   start = time.perf_counter()
   compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
@@ -101,7 +93,7 @@ def main():
     updates, s = tx.update(grads, s, p)
     return optax.apply_updates(p, updates), s, value
 
-  peak = matmul_peak()
+  peak = flops.matmul_peak()
   fwd_flops = flops.forward_flops(cfg, batch=b)["total"]
   rows = []
   for name, fn, fargs, mult in (("forward", forward, (params,), 1),

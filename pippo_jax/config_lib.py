@@ -41,7 +41,7 @@ def codec_config(size: str, res: int) -> ml_collections.ConfigDict:
   """The pixel <-> latent codec: the frozen SDXL VAE, or an exactly invertible space-to-depth
   codec (pixel blocks -> channels) for small runs where no pretrained VAE is available."""
   if size == "smoke":
-    return ml_collections.ConfigDict(dict(kind="space_to_depth", downsample=8, latent_channels=192,
+    return ml_collections.ConfigDict(dict(kind="space_to_depth", downsample=4, latent_channels=48,
                                           scale_factor=1.0, shift_factor=0.0, weights_path=""))
   return ml_collections.ConfigDict(dict(kind="sdxl_vae", downsample=8, latent_channels=4,
                                         scale_factor=0.13025, shift_factor=0.0, weights_path="",
@@ -82,7 +82,29 @@ def diffusion_config() -> ml_collections.ConfigDict:
 def optimizer_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       name="adamw", lr=1e-4, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, grad_clip=1.0,
-      warmup_steps=0, decay="constant"))
+      warmup_steps=0, decay="constant", decay_steps=0, grad_accum_steps=1,
+      lr_multipliers={}, frozen=[]))
+
+
+def train_config(size: str) -> ml_collections.ConfigDict:
+  """The `train` section: loop length, logging, checkpoints, samples, mesh."""
+  smoke = size == "smoke"
+  return ml_collections.ConfigDict(dict(
+      num_steps=800 if smoke else 100_000,
+      log_every=25 if smoke else 100,
+      checkpoint_every=250 if smoke else 2000,
+      keep_checkpoints=3,
+      sample_every=400 if smoke else 5000,
+      sample_steps=30,            # DDIM steps for the sample grids
+      sample_batch=2,             # samples (rows) per grid
+      ema_decay=0.0,              # 0 disables the EMA copy of the parameters
+      max_nonfinite=10,           # stop after this many non-finite steps in a row
+      mesh=dict(data=-1, fsdp=1, tensor=1),  # one size may be -1: all remaining devices
+      init_from="",               # checkpoint of the previous stage (stage transition)
+      profile_steps=0,            # >0: capture a profile of that many steps after warm-up
+      peak_flops=0.0,             # per-device peak for MFU; 0 = measure a float32 matmul here
+      synth=dict(subjects=24, cameras=24, moments=2, images_per_subject=8),
+  ))
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -150,4 +172,7 @@ def stage_config(stage: str, variant: ml_collections.ConfigDict, *, cam: bool,
   config.optimizer = optimizer_config()
   config.data = default_data_config(stage, variant.res, variant.views)
   config.data.batch_size = config.get_ref("batch_size")  # one global batch size
+  config.train = train_config(variant.size)
+  if variant.size == "smoke":  # from scratch in minutes: a higher learning rate with warm-up
+    config.optimizer.update(lr=3e-4, warmup_steps=100)
   return config

@@ -41,3 +41,19 @@ def forward_flops(cfg: ModelConfig, batch: int = 1, num_views: int | None = None
 
 def train_step_flops(cfg: ModelConfig, batch: int = 1, num_views: int | None = None) -> int:
   return 3 * forward_flops(cfg, batch, num_views)["total"]
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+  """This machine's best achieved float32 FLOP/s on an n x n x n jitted matmul (MFU reference)."""
+  import time  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f = jax.jit(lambda x, y: x @ y)
+  jax.block_until_ready(f(a, a))
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(f(a, a))
+    best = min(best, time.perf_counter() - start)
+  return 2 * n ** 3 / best

@@ -1,0 +1,45 @@
+"""pippo-train: run (or resume) a training stage.
+
+  pippo-train --config configs/p3_posttrain.py:size=smoke --workdir /tmp/pippo_smoke \\
+      [--config.train.num_steps=500 ...]
+
+With the smoke size and no `data.path`, a synthetic studio is built in WORKDIR/cache first.
+Multi-host: start one process per host with --coordinator HOST:PORT --num_processes N
+--process_id I (CPU hosts use gloo collectives).
+"""
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file[:variant].",
+                                          lock_config=False)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, samples).")
+_COORD = flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0 (multi-process runs).")
+_NPROC = flags.DEFINE_integer("num_processes", 1, "Number of processes.")
+_PID = flags.DEFINE_integer("process_id", 0, "This process's index.")
+
+
+def run(argv):
+  del argv
+  import jax  # pylint: disable=g-import-not-at-top
+  if _COORD.value:
+    if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(_COORD.value, num_processes=_NPROC.value, process_id=_PID.value)
+  from pippo_jax.training import loop  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.INFO)  # progress lines come through absl logging
+  logging.get_absl_handler().addFilter(
+      lambda record: "orbax" not in record.pathname or record.levelno >= logging.WARNING)
+  last = loop.train(_CONFIG.value, _WORKDIR.value)
+  if jax.process_index() == 0 and last:
+    print("final: " + "  ".join(f"{k} {v:.4g}" for k, v in sorted(last.items())))
+
+
+def main(argv=None):
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(run, argv=argv if argv is not None else sys.argv)
+
+
+if __name__ == "__main__":
+  main()

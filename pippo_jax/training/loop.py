@@ -1,0 +1,212 @@
+"""The training loop: data -> global arrays -> jitted step -> metrics, samples, checkpoints.
+
+    train(config, workdir)
+
+Resumes from the newest checkpoint in WORKDIR (train state, data-iterator state: the same batches
+follow), or starts a new stage from `train.init_from`. Writes TensorBoard scalars and sample grids
+(clu metric writers), `metrics.jsonl` (one line per logged step), and PNG grids under `samples/`.
+SIGTERM (preemption) saves a checkpoint at the current step and stops cleanly.
+"""
+import json
+import logging
+import math
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from etils import epath
+from jax.experimental import multihost_utils
+
+from data_pipelines import pipelines
+from pippo_jax import config_lib
+from pippo_jax.diffusion import schedule as schedule_lib
+from pippo_jax.inference import sample as sample_lib
+from pippo_jax.models import codec as codec_lib
+from pippo_jax.models import flops
+from pippo_jax.models.config import ModelConfig
+from pippo_jax.models.pippo import Pippo
+from pippo_jax.parallel import sharding
+from pippo_jax.training import checkpointing, state as state_lib, step as step_lib, transitions
+
+# Batch keys the step reads, by what the model is conditioned on.
+BASE_KEYS = ("target_images", "ref_image")
+CAM_KEYS = ("target_cam_pose", "ref_cam_pose")
+CONTROL_KEYS = ("target_plucker", "ref_plucker", "target_anchor", "ref_anchor")
+
+
+def mesh_from_config(mesh_cfg) -> jax.sharding.Mesh:
+  sizes = {k: int(mesh_cfg[k]) for k in sharding.MESH_AXES}
+  free = [k for k, v in sizes.items() if v == -1]
+  if len(free) > 1:
+    raise ValueError(f"train.mesh: only one axis may be -1, got {sizes}")
+  known = math.prod(v for v in sizes.values() if v != -1)
+  if free:
+    if jax.device_count() % known:
+      raise ValueError(f"train.mesh {sizes}: {jax.device_count()} devices are not divisible by {known}")
+    sizes[free[0]] = jax.device_count() // known
+  return sharding.make_mesh(**sizes)
+
+
+def step_keys(cfg: ModelConfig, diffusion_cfg) -> tuple[str, ...]:
+  keys = BASE_KEYS + (CAM_KEYS if cfg.use_cam_mlp else ()) + (
+      CONTROL_KEYS if cfg.use_control_mlp else ())
+  return keys + (("target_masks",) if diffusion_cfg.loss_mask == "person" else ())
+
+
+def ensure_dataset(config, workdir: str) -> None:
+  """With no dataset path, the smoke size builds the synthetic studio in WORKDIR/cache."""
+  if config.data.source != "array_record" or config.data.path:
+    return
+  if config.variant.get("size") != "smoke":
+    raise ValueError("data.path is empty: point it at a dataset directory (e.g. OUT/captures from "
+                     "`pippo-data synth --out OUT`), or use the smoke size to train on a "
+                     "synthetic studio built in the workdir")
+  from data_pipelines import synthetic_studio  # pylint: disable=g-import-not-at-top
+  out = os.path.join(workdir, "cache", f"studio_{config.model.image_size}")
+  kind = "captures" if config.data.kind == "multiview" else "images"
+  if jax.process_index() == 0:
+    s = config.train.synth
+    settings = synthetic_studio.StudioSettings(
+        seed=config.seed, subjects=s.subjects, cameras=s.cameras, moments=s.moments,
+        resolution=config.model.image_size, images_per_subject=s.images_per_subject)
+    synthetic_studio.write_studio(out, settings, (kind,))  # resumable; a no-op when complete
+  multihost_utils.sync_global_devices("synthetic studio ready")
+  config.data.path = os.path.join(out, kind)
+
+
+class MetricsLog:
+  """Appends {"step", ...metrics} lines to WORKDIR/metrics.jsonl (process 0)."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+
+  def write(self, step: int, metrics: dict) -> None:
+    if jax.process_index() == 0:
+      with open(self.path, "a") as f:
+        f.write(json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}}) + "\n")
+
+
+def global_batch(host_batch: dict, keys, batch_sharding) -> dict:
+  return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(host_batch[k]))
+          for k in keys}
+
+
+def train(config, workdir: str) -> dict:
+  """Run (or resume) training; returns the last logged metrics."""
+  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
+  config_lib.validate(config)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  cfg = ModelConfig.from_config(config.model)
+  mesh = mesh_from_config(config.train.mesh)
+  data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+  if config.batch_size % data_ways:
+    raise ValueError(f"batch_size={config.batch_size} is not divisible by the data-parallel mesh "
+                     f"axes data x fsdp = {data_ways}")
+  ensure_dataset(config, workdir)
+
+  model, codec = Pippo(cfg), codec_lib.make_codec(config.codec)
+  schedule = schedule_lib.cosine_schedule(config.diffusion.num_timesteps, config.diffusion.cosine_s,
+                                          config.diffusion.max_beta)
+  use_ema = config.train.ema_decay > 0
+  abstract_params = state_lib.abstract_params(model, cfg)
+  tx = state_lib.make_optimizer(config.optimizer, abstract_params)
+  state, shardings = state_lib.init_train_state(model, tx, cfg, mesh, config.seed, use_ema)
+  abstract_state = jax.eval_shape(lambda: state)
+
+  data_iter = pipelines.make_iterator(config.data)
+  manager = checkpointing.make_manager(workdir, config.train.keep_checkpoints,
+                                       config.train.checkpoint_every)
+  restored, start = checkpointing.restore_latest(manager, abstract_state, shardings, data_iter,
+                                                 config)
+  if restored is not None:
+    state = restored
+  elif config.train.init_from:
+    params, rows = transitions.merge(state.params, transitions.read_params(config.train.init_from))
+    state = state.replace(params=params)
+    if jax.process_index() == 0:
+      print(f"stage transition from {config.train.init_from}:\n{transitions.format_table(rows)}")
+
+  step_fn = step_lib.compile_train_step(
+      shardings, mesh, model=model, tx=tx, codec=codec, cfg=cfg, schedule=schedule,
+      diffusion_cfg=config.diffusion, ema_decay=float(config.train.ema_decay))
+  keys = step_keys(cfg, config.diffusion)
+  batch_sh = step_lib.batch_sharding(mesh)
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  num_steps = int(config.train.num_steps)
+  hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
+                                           every_steps=config.train.log_every)]
+  if config.train.profile_steps and jax.process_index() == 0:
+    hooks.append(periodic_actions.Profile(num_profile_steps=config.train.profile_steps,
+                                          logdir=workdir))
+  log = MetricsLog(workdir)
+  peak = config.train.peak_flops or flops.matmul_peak(repeats=3)
+  step_flops = flops.train_step_flops(cfg, batch=config.batch_size)
+
+  # A fixed set of examples for the sample grids, from a differently seeded stream.
+  sample_cfg = config.data.copy_and_resolve_references()
+  sample_cfg.update(seed=config.data.seed + 7919, batch_size=config.train.sample_batch * jax.process_count())
+  sample_batch = next(pipelines.make_iterator(sample_cfg))
+
+  stop = {"sigterm": False}
+  previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
+  last, window, window_start = {}, [], time.perf_counter()
+  try:
+    for step in range(start + 1, num_steps + 1):
+      batch = global_batch(next(data_iter), keys, batch_sh)
+      state, metrics = step_lib.run_step(step_fn, mesh, state, batch)
+      window.append(metrics)
+      for hook in hooks:
+        hook(step)
+      if int(state.nonfinite) >= config.train.max_nonfinite:
+        raise FloatingPointError(f"{int(state.nonfinite)} non-finite steps in a row at step {step} "
+                                 "(loss or gradient norm is NaN/inf): lower optimizer.lr or check "
+                                 "the data; parameters were left at the last finite step")
+      if step % config.train.log_every == 0 or step == num_steps:
+        elapsed = time.perf_counter() - window_start
+        host = jax.device_get(window)
+        last = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+        last["skipped"] = float(sum(1 - m["finite"] for m in host))
+        del last["finite"]
+        steps_per_s = len(window) / elapsed
+        last.update(lr=float(state_lib.learning_rate(config.optimizer)(step)),
+                    steps_per_sec=steps_per_s, examples_per_sec=steps_per_s * config.batch_size,
+                    mfu=steps_per_s * step_flops / (peak * jax.device_count()))
+        writer.write_scalars(step, last)
+        log.write(step, last)
+        window, window_start = [], time.perf_counter()
+      checkpointing.save(manager, step, state, data_iter, config, force=stop["sigterm"])
+      if config.train.sample_every and (step % config.train.sample_every == 0 or step == num_steps):
+        write_samples(workdir, writer, step, model, state, sample_batch, keys, batch_sh, mesh,
+                      codec, cfg, schedule, config)
+      if stop["sigterm"]:
+        logging.warning("SIGTERM: saved a checkpoint at step %d; stopping", step)
+        break
+  finally:
+    manager.wait_until_finished()
+    signal.signal(signal.SIGTERM, previous)
+    writer.flush()
+  return last
+
+
+def write_samples(workdir, writer, step, model, state, host_batch, keys, batch_sh, mesh, codec,
+                  cfg, schedule, config):
+  """DDIM samples of the fixed sample batch -> grid PNG (samples/step_N.png) and TensorBoard."""
+  batch = global_batch(host_batch, keys, batch_sh)
+  params = state.ema_params if state.ema_params is not None else state.params
+  key = jax.random.key(config.seed + 1)
+  with jax.set_mesh(mesh):
+    images = jax.jit(lambda p, b: sample_lib.sample_views(
+        model, p, b, codec, cfg, schedule, key, num_steps=config.train.sample_steps,
+        eta=config.diffusion.sampler.eta))(params, batch)
+  images = multihost_utils.process_allgather(images, tiled=True)
+  if jax.process_index() == 0:
+    ref = multihost_utils.process_allgather(batch["ref_image"], tiled=True)
+    tgt = multihost_utils.process_allgather(batch["target_images"], tiled=True)
+    image = sample_lib.grid(ref, tgt, images)
+    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+    sample_lib.save_png(image, os.path.join(workdir, "samples", f"step_{step:07d}.png"))
+    writer.write_images(step, {"samples": image[None]})

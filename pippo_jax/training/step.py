@@ -1,0 +1,88 @@
+"""The pure training step: (state, global batch) -> (state, metrics), compiled with shardings.
+
+A batch is the data pipeline's NumPy dict (uint8 images, float camera data; see
+`data_pipelines/schemas.py`). Inside the step images go through the codec, one timestep per sample
+is drawn and shared by its views, condition groups are dropped for classifier-free guidance, and
+the plain MSE between the model output and the epsilon (or v) target is minimised. A step whose
+loss or gradient norm is not finite leaves the state untouched and counts itself in
+`state.nonfinite` (reset by the next good step).
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from pippo_jax.diffusion import guidance, objective
+from pippo_jax.models.config import ModelConfig
+from pippo_jax.parallel import sharding as shard_lib
+from pippo_jax.training.state import TrainState
+
+
+def model_inputs(batch: dict, codec, cfg: ModelConfig, key=None):
+  """Data batch -> (x0 latents [B, V, h, w, C], cond dict for `Pippo`)."""
+  x0 = codec.encode(batch["target_images"], key)
+  cond = {"ref_latent": codec.encode(batch["ref_image"], key)}
+  if cfg.use_cam_mlp:
+    cond["cam_pose"] = batch["target_cam_pose"].astype(jnp.float32)
+    cond["ref_cam_pose"] = batch["ref_cam_pose"].astype(jnp.float32)
+  if cfg.use_control_mlp:
+    cond["anchor_latent"] = codec.encode(batch["target_anchor"], key)
+    cond["ref_anchor_latent"] = codec.encode(batch["ref_anchor"], key)
+    cond["plucker"] = batch["target_plucker"].astype(jnp.float32)
+    cond["ref_plucker"] = batch["ref_plucker"].astype(jnp.float32)
+  return x0, cond
+
+
+def loss_and_metrics(params, model, codec, cfg: ModelConfig, schedule, diffusion_cfg, batch, key):
+  k_codec, k_noise, k_drop = jax.random.split(key, 3)
+  x0, cond = model_inputs(batch, codec, cfg, k_codec)
+  noised = objective.noise_batch(k_noise, schedule, x0, diffusion_cfg.prediction)
+  drop = guidance.sample_condition_drops(k_drop, x0.shape[0], dict(diffusion_cfg.cond_drop))
+  pred = model.apply({"params": params}, noised.x_t, noised.t, cond, drop)
+  mask = None
+  if diffusion_cfg.loss_mask == "person":
+    mask = jnp.broadcast_to(codec.encode(batch["target_masks"][..., None].repeat(3, -1)) > -1,
+                            pred.shape)  # latent cells with any person pixel
+  loss = objective.diffusion_loss(pred, noised.target, mask)
+  return loss, {"loss": loss}
+
+
+def train_step(state: TrainState, batch: dict, *, model, tx, codec, cfg: ModelConfig, schedule,
+               diffusion_cfg, ema_decay: float = 0.0):
+  key, step_key = jax.random.split(jax.random.wrap_key_data(state.rng))
+  (loss, metrics), grads = jax.value_and_grad(loss_and_metrics, has_aux=True)(
+      state.params, model, codec, cfg, schedule, diffusion_cfg, batch, step_key)
+  grad_norm = optax.global_norm(grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema = state.ema_params
+  if ema is not None:
+    ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  new_state = TrainState(
+      step=state.step + 1, params=keep(params, state.params),
+      opt_state=keep(opt_state, state.opt_state), rng=jax.random.key_data(key),
+      ema_params=None if ema is None else keep(ema, state.ema_params),
+      nonfinite=jnp.where(finite, 0, state.nonfinite + 1))
+  metrics = dict(metrics, grad_norm=grad_norm, finite=finite.astype(jnp.float32))
+  return new_state, metrics
+
+
+def batch_sharding(mesh):
+  """Leading (batch) axis over the data-parallel mesh axes; the rest replicated."""
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+
+
+def compile_train_step(state_shardings, mesh, **kwargs):
+  """`train_step` jitted with state/batch shardings and the state donated. Call it inside
+  `with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES)` (see `run_step`)."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.jit(lambda s, b: train_step(s, b, **kwargs),
+                 in_shardings=(state_shardings, batch_sharding(mesh)),
+                 out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+
+
+def run_step(step_fn, mesh, state, batch):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(shard_lib.LOGICAL_RULES):
+    return step_fn(state, batch)
