@@ -47,6 +47,10 @@ def mesh_from_config(mesh_cfg) -> jax.sharding.Mesh:
     if jax.device_count() % known:
       raise ValueError(f"train.mesh {sizes}: {jax.device_count()} devices are not divisible by {known}")
     sizes[free[0]] = jax.device_count() // known
+  n = math.prod(sizes.values())
+  if jax.process_count() == 1 and n < jax.device_count():
+    logging.warning("train.mesh %s uses %d of %d devices", sizes, n, jax.device_count())
+    return sharding.make_mesh(**sizes, devices=jax.devices()[:n])
   return sharding.make_mesh(**sizes)
 
 
