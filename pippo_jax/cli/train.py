@@ -7,6 +7,7 @@ With the smoke size and no `data.path`, a synthetic studio is built in WORKDIR/c
 Multi-host: start one process per host with --coordinator HOST:PORT --num_processes N
 --process_id I (CPU hosts use gloo collectives).
 """
+import logging as std_logging
 import sys
 
 from absl import app, flags, logging
@@ -30,7 +31,7 @@ def run(argv):
   from pippo_jax.training import loop  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.INFO)  # progress lines come through absl logging
   logging.get_absl_handler().addFilter(
-      lambda record: "orbax" not in record.pathname or record.levelno >= logging.WARNING)
+      lambda record: "orbax" not in record.pathname or record.levelno >= std_logging.WARNING)
   last = loop.train(_CONFIG.value, _WORKDIR.value)
   if jax.process_index() == 0 and last:
     print("final: " + "  ".join(f"{k} {v:.4g}" for k, v in sorted(last.items())))
