@@ -115,9 +115,11 @@ def main():
         f"{cfg.attention_impl}  batch {b}  views {cfg.num_views}+1  devices {jax.devices()[0].platform}")
   print(f"params {sum(x.size for x in jax.tree.leaves(params)) / 1e6:.2f}M  forward "
         f"{fwd_flops / 1e9:.1f} GFLOP  float32 matmul peak {peak / 1e9:.1f} GFLOP/s")
-  print(f"{'':<20}{'time s':>9}{'compile s':>11}{'GFLOP/s':>10}{'MFU %':>8}{'temp GiB':>10}")
+  print(f"{'':<20}{'time s':>9}{'steps/s':>9}{'examples/s':>11}{'compile s':>11}{'GFLOP/s':>10}"
+        f"{'MFU %':>8}{'temp GiB':>10}")
   for name, seconds, compile_s, gflops, mfu, temp in rows:
-    print(f"{name:<20}{seconds:>9.3f}{compile_s:>11.1f}{gflops:>10.1f}{mfu:>8.1f}{temp:>10.2f}")
+    print(f"{name:<20}{seconds:>9.3f}{1 / seconds:>9.2f}{b / seconds:>11.2f}{compile_s:>11.1f}"
+          f"{gflops:>10.1f}{mfu:>8.1f}{temp:>10.2f}")
 
 
 if __name__ == "__main__":
