@@ -5,6 +5,7 @@ them to mesh axes). Matmuls cast their inputs to `compute_dtype` and accumulate 
 (`preferred_element_type`), which keeps the fast bf16 path on CPUs and TPUs; outputs are float32.
 LayerNorm statistics are always computed in float32.
 """
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -33,11 +34,44 @@ def uniform_fan_in(c: float = 1.0) -> Initializer:
   return init
 
 
+def _dot(x, kernel, contract):
+  return jax.lax.dot_general(x, kernel, (contract, ((), ())), preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _low_precision_matmul(x, kernel, dtype):
+  return _dot(x.astype(dtype), kernel.astype(dtype), ((x.ndim - 1,), (0,)))
+
+
+def _low_precision_fwd(x, kernel, dtype):
+  xl, kl = x.astype(dtype), kernel.astype(dtype)
+  # 0-d arrays carry the primal dtypes (residuals must be arrays).
+  return _dot(xl, kl, ((x.ndim - 1,), (0,))), (xl, kl, jnp.zeros((), x.dtype),
+                                               jnp.zeros((), kernel.dtype))
+
+
+def _low_precision_bwd(dtype, res, g):
+  xl, kl, x_like, k_like = res
+  g = g.astype(dtype)  # keep both backward matmuls on the low-precision fast path
+  dx = _dot(g, kl, ((g.ndim - 1,), (1,)))
+  lead = tuple(range(g.ndim - 1))
+  dk = _dot(xl, g, (lead, lead))
+  return dx.astype(x_like.dtype), dk.astype(k_like.dtype)
+
+
+_low_precision_matmul.defvjp(_low_precision_fwd, _low_precision_bwd)
+
+
 def matmul(x: jax.Array, kernel: jax.Array, compute_dtype: Any) -> jax.Array:
-  """x[..., in] @ kernel[in, out] with inputs in `compute_dtype`, float32 accumulation."""
-  return jax.lax.dot_general(
-      x.astype(compute_dtype), kernel.astype(compute_dtype),
-      (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+  """x[..., in] @ kernel[in, out] with inputs in `compute_dtype`, float32 accumulation.
+
+  With a low-precision `compute_dtype` the backward matmuls also take `compute_dtype` inputs
+  (the cotangent is cast), with float32 accumulation: plain autodiff would mix a float32
+  cotangent with bf16 operands and fall off the fast bf16 path on CPUs.
+  """
+  if jnp.dtype(compute_dtype) == jnp.float32:
+    return _dot(x.astype(jnp.float32), kernel.astype(jnp.float32), ((x.ndim - 1,), (0,)))
+  return _low_precision_matmul(x, kernel, jnp.dtype(compute_dtype))
 
 
 class Dense(nn.Module):
