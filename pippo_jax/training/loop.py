@@ -150,10 +150,13 @@ def train(config, workdir: str) -> dict:
   peak = config.train.peak_flops or flops.matmul_peak(repeats=3)
   step_flops = flops.train_step_flops(cfg, batch=config.batch_size)
 
-  # A fixed set of examples for the sample grids, from a differently seeded stream.
-  sample_cfg = config.data.copy_and_resolve_references()
-  sample_cfg.update(seed=config.data.seed + 7919, batch_size=config.train.sample_batch * jax.process_count())
-  sample_batch = next(pipelines.make_iterator(sample_cfg))
+  if config.train.sample_every:
+    # A fixed set of examples for the sample grids, from a differently seeded stream.
+    sample_cfg = config.data.copy_and_resolve_references()
+    sample_cfg.update(seed=config.data.seed + 7919,
+                      batch_size=config.train.sample_batch * jax.process_count())
+    sample_batch = next(pipelines.make_iterator(sample_cfg))
+    sampler = make_sampler(model, codec, cfg, schedule, config)
 
   stop = {"sigterm": False}
   previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
@@ -184,8 +187,7 @@ def train(config, workdir: str) -> dict:
         window, window_start = [], time.perf_counter()
       checkpointing.save(manager, step, state, data_iter, config, force=stop["sigterm"])
       if config.train.sample_every and (step % config.train.sample_every == 0 or step == num_steps):
-        write_samples(workdir, writer, step, model, state, sample_batch, keys, batch_sh, mesh,
-                      codec, cfg, schedule, config)
+        write_samples(workdir, writer, step, sampler, state, sample_batch, keys, batch_sh, mesh)
       if stop["sigterm"]:
         logging.warning("SIGTERM: saved a checkpoint at step %d; stopping", step)
         break
@@ -196,16 +198,20 @@ def train(config, workdir: str) -> dict:
   return last
 
 
-def write_samples(workdir, writer, step, model, state, host_batch, keys, batch_sh, mesh, codec,
-                  cfg, schedule, config):
+def make_sampler(model, codec, cfg, schedule, config):
+  """Jitted (params, batch) -> uint8 views, with a fixed key so grids are comparable over time."""
+  key = jax.random.key(config.seed + 1)
+  return jax.jit(lambda p, b: sample_lib.sample_views(
+      model, p, b, codec, cfg, schedule, key, num_steps=config.train.sample_steps,
+      eta=config.diffusion.sampler.eta))
+
+
+def write_samples(workdir, writer, step, sampler, state, host_batch, keys, batch_sh, mesh):
   """DDIM samples of the fixed sample batch -> grid PNG (samples/step_N.png) and TensorBoard."""
   batch = global_batch(host_batch, keys, batch_sh)
   params = state.ema_params if state.ema_params is not None else state.params
-  key = jax.random.key(config.seed + 1)
   with jax.set_mesh(mesh):
-    images = jax.jit(lambda p, b: sample_lib.sample_views(
-        model, p, b, codec, cfg, schedule, key, num_steps=config.train.sample_steps,
-        eta=config.diffusion.sampler.eta))(params, batch)
+    images = sampler(params, batch)
   images = multihost_utils.process_allgather(images, tiled=True)
   if jax.process_index() == 0:
     ref = multihost_utils.process_allgather(batch["ref_image"], tiled=True)
