@@ -185,7 +185,8 @@ def train(config, workdir: str) -> dict:
         writer.write_scalars(step, last)
         log.write(step, last)
         window, window_start = [], time.perf_counter()
-      checkpointing.save(manager, step, state, data_iter, config, force=stop["sigterm"])
+      checkpointing.save(manager, step, state, data_iter, config,
+                         force=stop["sigterm"] or step == num_steps)
       if config.train.sample_every and (step % config.train.sample_every == 0 or step == num_steps):
         write_samples(workdir, writer, step, sampler, state, sample_batch, keys, batch_sh, mesh)
       if stop["sigterm"]:
