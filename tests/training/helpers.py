@@ -1,0 +1,68 @@
+"""Shared pieces of the training tests: tiny stage configs, a tiny studio, checkpoint reading."""
+import importlib
+import io
+import json
+import os
+
+from absl import flags
+
+from data_pipelines import pipelines
+from data_pipelines import synthetic_studio
+from pippo_jax.models.config import ModelConfig
+from pippo_jax.models.pippo import Pippo
+from pippo_jax.parallel import sharding
+from pippo_jax.training import checkpointing, state as state_lib
+
+flags.FLAGS.mark_as_parsed()  # Grain reads absl flags.
+
+STUDIO = synthetic_studio.StudioSettings(seed=0, subjects=3, cameras=6, moments=1, resolution=64,
+                                         images_per_subject=2)
+TINY_MODEL = dict(width=32, depth=2, num_heads=2, cam_mlp_hidden=16)
+
+
+def write_studio(out_dir) -> str:
+  """Writes the tiny studio's captures under `out_dir`; returns the `data.path` to train on."""
+  synthetic_studio.write_studio(str(out_dir), STUDIO, ("captures",), progress_stream=io.StringIO())
+  return os.path.join(str(out_dir), "captures")
+
+
+def tiny_config(data_path: str, *, batch_size: int = 8, stage: str = "p3_posttrain", **mesh):
+  """A P3 smoke config shrunk to seconds per step: width 32, depth 2, two target views at 64 px.
+
+  `mesh` overrides `train.mesh` (unnamed axes are 1). Logging, checkpoints and samples are left to
+  the caller; the MFU peak is fixed so no matmul benchmark runs.
+  """
+  config = importlib.import_module(f"configs.{stage}").get_config("size=smoke,views=2")
+  config.model.update(TINY_MODEL)
+  config.batch_size = batch_size
+  config.data.path = data_path
+  config.train.update(num_steps=4, log_every=2, checkpoint_every=2, sample_every=0,
+                      peak_flops=1e12)
+  if mesh:
+    config.train.mesh.update({**dict(data=1, fsdp=1, tensor=1), **mesh})
+  return config
+
+
+def restore(workdir, config, **mesh_axes):
+  """(state, step, shardings, data iterator) of WORKDIR's newest checkpoint, read straight into
+  the shardings of a (data, fsdp, tensor) mesh with `mesh_axes` (unnamed axes are 1)."""
+  cfg = ModelConfig.from_config(config.model)
+  model = Pippo(cfg)
+  tx = state_lib.make_optimizer(config.optimizer, state_lib.abstract_params(model, cfg))
+  mesh = sharding.make_mesh(**mesh_axes)
+  abstract, shardings = state_lib.state_shardings(model, tx, cfg, mesh,
+                                                  use_ema=config.train.ema_decay > 0)
+  data = pipelines.make_iterator(config.data)
+  manager = checkpointing.make_manager(str(workdir), config.train.keep_checkpoints,
+                                       config.train.checkpoint_every)
+  try:
+    state, step = checkpointing.restore_latest(manager, abstract, shardings, data, config)
+  finally:
+    manager.close()
+  return state, step, shardings, data
+
+
+def read_metrics(workdir) -> list[dict]:
+  """The lines of WORKDIR/metrics.jsonl."""
+  with open(os.path.join(str(workdir), "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
