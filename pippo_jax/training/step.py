@@ -4,7 +4,7 @@ A batch is the data pipeline's NumPy dict (uint8 images, float camera data; see
 `data_pipelines/schemas.py`). Inside the step images go through the codec, one timestep per sample
 is drawn and shared by its views, condition groups are dropped for classifier-free guidance, and
 the plain MSE between the model output and the epsilon (or v) target is minimised. A step whose
-loss or gradient norm is not finite leaves the state untouched and counts itself in
+loss, gradient norm or update is not finite leaves the state untouched and counts itself in
 `state.nonfinite` (reset by the next good step).
 """
 import flax.linen as nn
@@ -58,7 +58,8 @@ def train_step(state: TrainState, batch: dict, *, model, tx, codec, cfg: ModelCo
   ema = state.ema_params
   if ema is not None:
     ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  # The update too: a finite gradient can still make a non-finite update (e.g. a NaN learning rate).
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(updates))
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
   new_state = TrainState(
       step=state.step + 1, params=keep(params, state.params),

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-import helpers
+import training_helpers as helpers
 from data_pipelines import pipelines
 from pippo_jax.training import loop
 

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-import helpers
+import training_helpers as helpers
 from data_pipelines import pipelines
 from pippo_jax.diffusion import schedule as schedule_lib
 from pippo_jax.models import codec as codec_lib
