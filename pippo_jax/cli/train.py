@@ -5,7 +5,9 @@
 
 With the smoke size and no `data.path`, a synthetic studio is built in WORKDIR/cache first.
 Multi-host: start one process per host with --coordinator HOST:PORT --num_processes N
---process_id I (CPU hosts use gloo collectives).
+--process_id I (CPU hosts use gloo collectives), or with --distributed on managed clusters (TPU
+pods, Slurm) where `jax.distributed.initialize()` finds the coordinator itself. `launch/` has
+launchers for one machine, TPU pods and Slurm GPU clusters.
 """
 import logging as std_logging
 import sys
@@ -19,6 +21,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, log
 _COORD = flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0 (multi-process runs).")
 _NPROC = flags.DEFINE_integer("num_processes", 1, "Number of processes.")
 _PID = flags.DEFINE_integer("process_id", 0, "This process's index.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() with no arguments (TPU pods, Slurm "
+    "and other clusters it auto-detects); --coordinator takes precedence.")
 
 
 def run(argv):
@@ -28,6 +33,8 @@ def run(argv):
     if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(_COORD.value, num_processes=_NPROC.value, process_id=_PID.value)
+  elif _DISTRIBUTED.value:
+    jax.distributed.initialize()
   from pippo_jax.training import loop  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.INFO)  # progress lines come through absl logging
   logging.get_absl_handler().addFilter(

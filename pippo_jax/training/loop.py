@@ -185,11 +185,14 @@ def train(config, workdir: str) -> dict:
         writer.write_scalars(step, last)
         log.write(step, last)
         window, window_start = [], time.perf_counter()
+      sigterm = stop["sigterm"]
+      if jax.process_count() > 1:  # processes get the signal at different steps: agree on one
+        sigterm = bool(multihost_utils.process_allgather(np.int32(sigterm)).max())
       checkpointing.save(manager, step, state, data_iter, config,
-                         force=stop["sigterm"] or step == num_steps)
+                         force=sigterm or step == num_steps)
       if config.train.sample_every and (step % config.train.sample_every == 0 or step == num_steps):
         write_samples(workdir, writer, step, sampler, state, sample_batch, keys, batch_sh, mesh)
-      if stop["sigterm"]:
+      if sigterm:
         logging.warning("SIGTERM: saved a checkpoint at step %d; stopping", step)
         break
   finally:

@@ -28,8 +28,14 @@ def read_params(path: str) -> dict:
     if step is None:
       raise FileNotFoundError(f"no checkpoint under {ckpt_dir}")
     item = "state" if (ckpt_dir / str(step) / "state").exists() else "params"
-    restored = manager.restore(step, args=ocp.args.Composite(
-        **{item: ocp.args.StandardRestore()}))[item]
+  # Restore onto this process's first device: the saved shardings name the writing run's devices
+  # (another count, mesh or process layout fails orbax's topology check).
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  with ocp.StandardCheckpointer() as checkpointer:
+    metadata = checkpointer.metadata(ckpt_dir / str(step) / item).item_metadata
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          metadata)
+    restored = checkpointer.restore(ckpt_dir / str(step) / item, target)
   params = restored["params"] if item == "state" else restored
   return jax.tree.map(np.asarray, params)
 
