@@ -169,9 +169,10 @@ def train(config, workdir: str) -> dict:
       for hook in hooks:
         hook(step)
       if int(state.nonfinite) >= config.train.max_nonfinite:
-        raise FloatingPointError(f"{int(state.nonfinite)} non-finite steps in a row at step {step} "
-                                 "(loss or gradient norm is NaN/inf): lower optimizer.lr or check "
-                                 "the data; parameters were left at the last finite step")
+        raise FloatingPointError(
+            f"{int(state.nonfinite)} non-finite steps in a row at step {step} (loss, gradient "
+            "norm or update is NaN/inf): lower optimizer.lr or check the data; parameters were "
+            "left at the last finite step")
       if step % config.train.log_every == 0 or step == num_steps:
         elapsed = time.perf_counter() - window_start
         host = jax.device_get(window)
