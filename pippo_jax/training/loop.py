@@ -57,6 +57,7 @@ def mesh_from_config(mesh_cfg) -> jax.sharding.Mesh:
 def step_keys(cfg: ModelConfig, diffusion_cfg) -> tuple[str, ...]:
   keys = BASE_KEYS + (CAM_KEYS if cfg.use_cam_mlp else ()) + (
       CONTROL_KEYS if cfg.use_control_mlp else ())
+  keys += ("record_index", "epoch")  # per-example noise keys (see step.example_keys)
   return keys + (("target_masks",) if diffusion_cfg.loss_mask == "person" else ())
 
 

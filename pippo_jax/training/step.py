@@ -33,11 +33,28 @@ def model_inputs(batch: dict, codec, cfg: ModelConfig, key=None):
   return x0, cond
 
 
+def example_keys(key: jax.Array, batch: dict) -> jax.Array:
+  """One key per example, from (epoch, record index) when the batch carries them: the noise,
+  timestep and condition drops then follow the example, not its row, so a global batch assembled
+  in another order (other process counts) trains identically up to summation order."""
+  b = batch["target_images"].shape[0]
+  if "record_index" not in batch:
+    return jax.random.split(key, b)
+  fold = lambda e, r: jax.random.fold_in(jax.random.fold_in(key, e), r)
+  return jax.vmap(fold)(batch["epoch"].astype(jnp.uint32), batch["record_index"].astype(jnp.uint32))
+
+
 def loss_and_metrics(params, model, codec, cfg: ModelConfig, schedule, diffusion_cfg, batch, key):
-  k_codec, k_noise, k_drop = jax.random.split(key, 3)
+  k_codec, k_rows = jax.random.split(key)
   x0, cond = model_inputs(batch, codec, cfg, k_codec)
-  noised = objective.noise_batch(k_noise, schedule, x0, diffusion_cfg.prediction)
-  drop = guidance.sample_condition_drops(k_drop, x0.shape[0], dict(diffusion_cfg.cond_drop))
+  rows = jax.vmap(lambda k: jax.random.split(k))(example_keys(k_rows, batch))
+
+  def per_example(k_noise, k_drop, x):
+    noised = objective.noise_batch(k_noise, schedule, x[None], diffusion_cfg.prediction)
+    drop = guidance.sample_condition_drops(k_drop, 1, dict(diffusion_cfg.cond_drop))
+    return jax.tree.map(lambda a: a[0], (noised, drop))
+
+  noised, drop = jax.vmap(per_example)(rows[:, 0], rows[:, 1], x0)
   pred = model.apply({"params": params}, noised.x_t, noised.t, cond, drop)
   mask = None
   if diffusion_cfg.loss_mask == "person":

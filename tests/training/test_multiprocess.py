@@ -5,13 +5,10 @@ one-process reference has 4 devices, the same config, data and global batch size
 
 Batch layout: each process reads every 2nd element of the shuffled stream and contributes its
 rows to the global batch in process order, so with a per-process batch b > 1 the global batch holds
-the same examples as the one-process run's but in another order ([0, 2, 1, 3] for b = 2). The step
-draws timesteps and noise per batch *row*, so a permuted batch pairs examples with other noise and
-the runs differ by more than rounding: measured with global batch 4 over 8 steps, the losses differ
-by ~2e-5 (they are dominated by E[eps^2] while the zero-initialised output layer is still small)
-but the parameters by 2.3e-3. The runs are compared with one example per process (global batch 2,
-mesh data=2 x tensor=2), where both layouts agree; `test_process_slices_form_the_global_batch`
-pins the layout for b > 1.
+the same examples as the one-process run's in another order ([0, 2, 1, 3] for b = 2;
+`test_process_slices_form_the_global_batch` pins this). The step keys each example's timestep,
+noise and condition drops by (epoch, record index), not by row (`step.example_keys`), so the two
+runs agree up to floating-point summation order. They are compared with 2 examples per process.
 """
 import json
 import os
@@ -34,7 +31,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 NUM_STEPS, CHECKPOINT_EVERY = 8, 4
 MODEL = dict(width=32, depth=2, num_heads=2, cam_mlp_hidden=16)
 TRAIN_ARGS = [
-    "--config=configs/p3_posttrain.py:size=smoke,views=2", "--config.batch_size=2",
+    "--config=configs/p3_posttrain.py:size=smoke,views=2", "--config.batch_size=4",
     *(f"--config.model.{k}={v}" for k, v in MODEL.items()),
     "--config.train.mesh.data=2", "--config.train.mesh.tensor=2",
     f"--config.train.num_steps={NUM_STEPS}", f"--config.train.checkpoint_every={CHECKPOINT_EVERY}",
@@ -179,7 +176,7 @@ def test_two_processes_train_like_one(studio, tmp_path, tmp_path_factory):
   ref_losses, mp_losses = losses(ref_dir), losses(mp_dir)
   assert sorted(mp_losses) == sorted(ref_losses) == list(range(1, NUM_STEPS + 1))
   np.testing.assert_allclose([mp_losses[s] for s in sorted(mp_losses)],
-                             [ref_losses[s] for s in sorted(ref_losses)], rtol=1e-6, atol=0)
+                             [ref_losses[s] for s in sorted(ref_losses)], rtol=1e-5, atol=0)
   diff = max_param_diff(mp_dir, ref_dir)
   print(f"max |params(2 processes) - params(1 process)| = {diff:.3g}")
-  assert diff <= 1e-6
+  assert diff <= 1e-5  # summation order only (rows arrive permuted)
