@@ -11,7 +11,7 @@ from pippo_jax import config_lib
 
 def get_config(arg: str | None = None):
   v = config_lib.parse_variant(arg, size="full", res=0, views=1, batch=0)
-  v.batch = v.batch or (8 if v.size == "smoke" else 1)
+  v.batch = v.batch or (4 if v.size == "smoke" else 1)
   v.res = v.res or (64 if v.size == "smoke" else 128)
   config = config_lib.stage_config("p1", v, cam=False, control=False)
   return config_lib.validate(config)

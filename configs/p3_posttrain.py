@@ -10,8 +10,9 @@ from pippo_jax import config_lib
 
 
 def get_config(arg: str | None = None):
-  v = config_lib.parse_variant(arg, size="full", res=0, views=4, batch=0)
-  v.batch = v.batch or (8 if v.size == "smoke" else 1)
+  v = config_lib.parse_variant(arg, size="full", res=0, views=0, batch=0)
+  v.batch = v.batch or (4 if v.size == "smoke" else 1)
+  v.views = v.views or (2 if v.size == "smoke" else 4)
   v.res = v.res or (64 if v.size == "smoke" else 512)
   config = config_lib.stage_config("p3", v, cam=True, control=True)
   return config_lib.validate(config)

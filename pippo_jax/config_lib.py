@@ -41,7 +41,7 @@ def codec_config(size: str, res: int) -> ml_collections.ConfigDict:
   """The pixel <-> latent codec: the frozen SDXL VAE, or an exactly invertible space-to-depth
   codec (pixel blocks -> channels) for small runs where no pretrained VAE is available."""
   if size == "smoke":
-    return ml_collections.ConfigDict(dict(kind="space_to_depth", downsample=4, latent_channels=48,
+    return ml_collections.ConfigDict(dict(kind="space_to_depth", downsample=2, latent_channels=12,
                                           scale_factor=1.0, shift_factor=0.0, weights_path=""))
   return ml_collections.ConfigDict(dict(kind="sdxl_vae", downsample=8, latent_channels=4,
                                         scale_factor=0.13025, shift_factor=0.0, weights_path="",
@@ -175,4 +175,6 @@ def stage_config(stage: str, variant: ml_collections.ConfigDict, *, cam: bool,
   config.train = train_config(variant.size)
   if variant.size == "smoke":  # from scratch in minutes: a higher learning rate with warm-up
     config.optimizer.update(lr=3e-4, warmup_steps=100)
+    # v-prediction: no 1/sqrt(abar) amplification of a weak model's errors at high noise.
+    config.diffusion.prediction = "v"
   return config

@@ -12,8 +12,12 @@ from pippo_jax.training import step as step_lib
 
 
 def sample_views(model, params, batch, codec, cfg, schedule, key, *, num_steps=30, eta=0.1,
-                 scales=None, rescale=0.0, triangular=False, attention_biasing=False):
-  """DDIM-sample the target views of `batch` given its reference and cameras -> uint8 images."""
+                 scales=None, rescale=0.0, triangular=False, attention_biasing=False,
+                 parameterization="eps"):
+  """DDIM-sample the target views of `batch` given its reference and cameras -> uint8 images.
+
+  `parameterization` is what the model predicts ("eps" or "v"); guidance combines either.
+  """
   _, cond = step_lib.model_inputs(batch, codec, cfg)
   b = batch["ref_image"].shape[0]
   shape = batch["target_images"].shape
@@ -28,7 +32,8 @@ def sample_views(model, params, batch, codec, cfg, schedule, key, *, num_steps=3
                                   triangular=triangular)
   k_init, k_loop = jax.random.split(key)
   x_T = jax.random.normal(k_init, latent_shape, jnp.float32)
-  x0 = sampler.ddim_sample(eps_fn, x_T, k_loop, schedule, num_steps=num_steps, eta=eta)
+  x0 = sampler.ddim_sample(eps_fn, x_T, k_loop, schedule, num_steps=num_steps, eta=eta,
+                           parameterization=parameterization)
   return codec_lib.to_uint8(codec.decode(x0))
 
 

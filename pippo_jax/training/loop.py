@@ -209,7 +209,7 @@ def make_sampler(model, codec, cfg, schedule, config):
   key = jax.random.key(config.seed + 1)
   return jax.jit(lambda p, b: sample_lib.sample_views(
       model, p, b, codec, cfg, schedule, key, num_steps=config.train.sample_steps,
-      eta=config.diffusion.sampler.eta))
+      eta=config.diffusion.sampler.eta, parameterization=config.diffusion.prediction))
 
 
 def write_samples(workdir, writer, step, sampler, state, host_batch, keys, batch_sh, mesh):

@@ -20,7 +20,9 @@ from pippo_jax.training import loop, transitions
 
 def small_config(stage, arg):
   config = importlib.import_module(f"configs.{stage}").get_config(arg)
-  config.model.update(width=64, depth=2, num_heads=2, cam_mlp_hidden=16)
+  config.model.update(width=64, depth=2, num_heads=2, cam_mlp_hidden=16, latent_channels=48,
+                      latent_size=16)
+  config.codec.update(downsample=4, latent_channels=48)  # 4x fewer tokens: a fast test
   config.train.update(log_every=10, checkpoint_every=1000, sample_every=0, sample_steps=4,
                       sample_batch=1, mesh=dict(data=1, fsdp=1, tensor=1), peak_flops=1e11)
   return config

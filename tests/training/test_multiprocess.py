@@ -33,6 +33,9 @@ MODEL = dict(width=32, depth=2, num_heads=2, cam_mlp_hidden=16)
 TRAIN_ARGS = [
     "--config=configs/p3_posttrain.py:size=smoke,views=2", "--config.batch_size=4",
     *(f"--config.model.{k}={v}" for k, v in MODEL.items()),
+    # 4x4 space-to-depth (16x16x48 latents): 4x fewer tokens than the smoke default, fast tests.
+    "--config.codec.downsample=4", "--config.codec.latent_channels=48",
+    "--config.model.latent_channels=48", "--config.model.latent_size=16",
     "--config.train.mesh.data=2", "--config.train.mesh.tensor=2",
     f"--config.train.num_steps={NUM_STEPS}", f"--config.train.checkpoint_every={CHECKPOINT_EVERY}",
     "--config.train.log_every=1", "--config.train.sample_every=0",

@@ -18,6 +18,9 @@ flags.FLAGS.mark_as_parsed()  # Grain reads absl flags.
 STUDIO = synthetic_studio.StudioSettings(seed=0, subjects=3, cameras=6, moments=1, resolution=64,
                                          images_per_subject=2)
 TINY_MODEL = dict(width=32, depth=2, num_heads=2, cam_mlp_hidden=16)
+# 4x4 space-to-depth (16x16x48 latents): 4x fewer tokens than the smoke default, fast tests.
+FAST_CODEC = dict(codec=dict(downsample=4, latent_channels=48),
+                  model=dict(latent_channels=48, latent_size=16))
 
 
 def write_studio(out_dir) -> str:
@@ -34,6 +37,8 @@ def tiny_config(data_path: str, *, batch_size: int = 8, stage: str = "p3_posttra
   """
   config = importlib.import_module(f"configs.{stage}").get_config("size=smoke,views=2")
   config.model.update(TINY_MODEL)
+  config.codec.update(FAST_CODEC["codec"])
+  config.model.update(FAST_CODEC["model"])
   config.batch_size = batch_size
   config.data.path = data_path
   config.train.update(num_steps=4, log_every=2, checkpoint_every=2, sample_every=0,
