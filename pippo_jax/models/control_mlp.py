@@ -42,8 +42,8 @@ def resize_bilinear_align_corners(x: jax.Array, out_hw: tuple[int, int]) -> jax.
 class Siren(nn.Module):
   """Per-pixel SIREN: Linear -> sin(w0_first x) -> [Linear -> sin(w0 x)]* -> Linear.
 
-  Weights and biases U(-sqrt(6 / fan_in), sqrt(6 / fan_in)) for weights and U(+-1/sqrt(fan_in)) for
-  biases, as the reference implementation's SIREN initialisation leaves them.
+  Weights U(+-sqrt(6 / fan_in)) and biases U(+-1 / sqrt(fan_in)), as the reference
+  implementation's SIREN initialisation leaves them.
   """
   hidden: tuple[int, ...]
   out: int
