@@ -57,12 +57,12 @@ def studio(tmp_path_factory):
 
 
 def child_env(tmp_path_factory, devices: int) -> dict:
-  """CPU, `devices` fake devices, a session-wide persistent compilation cache."""
+  """CPU, `devices` fake devices. No persistent compilation cache: JAX writes it from process 0
+  only, so on a restart process 0 would load its programs while process 1 compiles, and on a
+  loaded machine the skew can exceed gloo's 30 s limit for setting up the first collective."""
+  del tmp_path_factory
   return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-              JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.getbasetemp() / "jax_cache"),
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
 
 
 _STARTED = []
