@@ -15,7 +15,6 @@ import signal
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils

@@ -5,7 +5,6 @@ P3) keep their zero-initialised values, so the model's output is unchanged at th
 stage; parameters whose shape changed (the position tables at a new resolution) keep their fresh
 sin-cos initialisation. A table of loaded / new / reshaped / dropped parameters is printed.
 """
-import json
 
 import jax
 import numpy as np

@@ -1,7 +1,6 @@
 """Logical axis names on every parameter, and a sharded forward equal to the unsharded one."""
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from pippo_jax.models.config import ModelConfig
