@@ -174,7 +174,7 @@ def stage_config(stage: str, variant: ml_collections.ConfigDict, *, cam: bool,
   config.data.batch_size = config.get_ref("batch_size")  # one global batch size
   config.train = train_config(variant.size)
   if variant.size == "smoke":  # from scratch in minutes: a higher learning rate with warm-up
-    config.optimizer.update(lr=3e-4, warmup_steps=100)
+    config.optimizer.update(lr=1e-3, warmup_steps=100)
     # v-prediction: no 1/sqrt(abar) amplification of a weak model's errors at high noise.
     config.diffusion.prediction = "v"
   return config

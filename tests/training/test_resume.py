@@ -18,23 +18,13 @@ import pytest
 
 from data_pipelines import synthetic_studio
 from pippo_jax.training import transitions
+import training_helpers as helpers
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NUM_STEPS, CHECKPOINT_EVERY = 20, 4  # long enough to kill the run between checkpoints
-MODEL = dict(width=32, depth=2, num_heads=2, cam_mlp_hidden=16)
-TRAIN_ARGS = [  # as in test_multiprocess.py: the session's compilation cache serves both
-    sys.executable, "-m", "pippo_jax.cli.train",
-    "--config=configs/p3_posttrain.py:size=smoke,views=2", "--config.batch_size=2",
-    *(f"--config.model.{k}={v}" for k, v in MODEL.items()),
-    # 4x4 space-to-depth (16x16x48 latents): 4x fewer tokens than the smoke default, fast tests.
-    "--config.codec.downsample=4", "--config.codec.latent_channels=48",
-    "--config.model.latent_channels=48", "--config.model.latent_size=16",
-    "--config.train.mesh.data=2", "--config.train.mesh.tensor=2",
-    f"--config.train.num_steps={NUM_STEPS}", f"--config.train.checkpoint_every={CHECKPOINT_EVERY}",
-    "--config.train.log_every=1", "--config.train.sample_every=0",
-    "--config.train.peak_flops=1e12",  # skip the matmul benchmark
-    "--config.optimizer.warmup_steps=0",  # full-size updates: a mismatch shows in the parameters
-]
+TRAIN_ARGS = [sys.executable, "-m", "pippo_jax.cli.train",
+              *helpers.train_cli_args(batch_size=2, num_steps=NUM_STEPS,
+                                      checkpoint_every=CHECKPOINT_EVERY)]
 TIMEOUT = 300
 
 pytestmark = pytest.mark.slow
