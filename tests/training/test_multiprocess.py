@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from configs import p3_posttrain
-from data_pipelines import pipelines, synthetic_studio
+from data_pipelines import pipelines
 from pippo_jax.training import transitions
 import training_helpers as helpers
 
@@ -39,11 +39,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
-  out = tmp_path_factory.getbasetemp() / "studio"  # shared by the test modules of a session
-  synthetic_studio.write_studio(str(out), synthetic_studio.StudioSettings(
-      seed=0, subjects=2, cameras=6, moments=1, resolution=64, images_per_subject=2),
-                                ("captures",))  # a no-op when complete
-  return out / "captures"
+  return helpers.session_studio(tmp_path_factory)
 
 
 def child_env(tmp_path_factory, devices: int) -> dict:

@@ -16,7 +16,6 @@ import jax
 import numpy as np
 import pytest
 
-from data_pipelines import synthetic_studio
 from pippo_jax.training import transitions
 import training_helpers as helpers
 
@@ -32,11 +31,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
-  out = tmp_path_factory.getbasetemp() / "studio"  # shared by the test modules of a session
-  synthetic_studio.write_studio(str(out), synthetic_studio.StudioSettings(
-      seed=0, subjects=2, cameras=6, moments=1, resolution=64, images_per_subject=2),
-                                ("captures",))  # a no-op when complete
-  return out / "captures"
+  return helpers.session_studio(tmp_path_factory)
 
 
 _STARTED = []

@@ -29,6 +29,16 @@ def write_studio(out_dir) -> str:
   return os.path.join(str(out_dir), "captures")
 
 
+def session_studio(tmp_path_factory):
+  """A 2-subject studio in the session's temp dir, shared by the CLI-driven test modules (writing
+  it again is a no-op); returns the captures path."""
+  out = tmp_path_factory.getbasetemp() / "studio"
+  synthetic_studio.write_studio(str(out), synthetic_studio.StudioSettings(
+      seed=0, subjects=2, cameras=6, moments=1, resolution=64, images_per_subject=2),
+                                ("captures",), progress_stream=io.StringIO())
+  return out / "captures"
+
+
 def tiny_config(data_path: str, *, batch_size: int = 8, stage: str = "p3_posttrain", **mesh):
   """A P3 smoke config shrunk to seconds per step: width 32, depth 2, two target views at 64 px.
 
