@@ -3,8 +3,15 @@
 Pippo trains an epsilon predictor: per sample one t ~ UniformInt[0, T), shared by
 all its views, x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, and a plain MSE
 between predicted and true eps over all target latents (no masking, no SNR
-weighting, no noise offset). v-prediction (Salimans & Ho 2022) is available as
-a config option: v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0.
+weighting, no noise offset). Two other targets are config options, with the same
+plain MSE:
+
+  "v"   v-prediction (Salimans & Ho 2022): v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0.
+  "x0"  the clean latent itself. Clean images lie near a low-dimensional manifold
+        and noise does not, so a network whose width is not much larger than its
+        token's patch dimension learns x0 far more easily than eps or v (Li & He
+        2025, "Back to Basics: Let Denoising Generative Models Denoise"); the smoke
+        size (width 128, 192 values per token) trains this way.
 
 Every function takes arrays with the batch axis first ([B, views, ...]) and t of
 shape [B]; everything else is layout-agnostic.
@@ -16,8 +23,8 @@ import jax.numpy as jnp
 
 from pippo_jax.diffusion.schedule import DiffusionSchedule, extract, q_sample
 
-Parameterization = Literal["eps", "v"]
-PARAMETERIZATIONS = ("eps", "v")
+Parameterization = Literal["eps", "v", "x0"]
+PARAMETERIZATIONS = ("eps", "v", "x0")
 
 
 def _check_parameterization(parameterization: str) -> None:
@@ -77,15 +84,19 @@ def model_output_to_eps(schedule, x_t, t, output,
   _check_parameterization(parameterization)
   if parameterization == "eps":
     return output
+  if parameterization == "x0":
+    return x0_to_eps(schedule, x_t, t, output)
   return v_to_eps(schedule, x_t, t, output)
 
 
 def training_target(schedule, x0, t, noise,
                     parameterization: Parameterization = "eps"):
-  """What the network regresses: eps itself, or v."""
+  """What the network regresses: eps itself, v, or x0."""
   _check_parameterization(parameterization)
   if parameterization == "eps":
     return noise
+  if parameterization == "x0":
+    return x0
   return v_target(schedule, x0, t, noise)
 
 

@@ -86,6 +86,8 @@ def _ddim_loop(x_T, key, timesteps, coefficients, *, eps_fn, parameterization,
     x32 = x.astype(jnp.float32)
     if parameterization == "v":
       out = jnp.sqrt(alpha) * out + jnp.sqrt(1.0 - alpha) * x32
+    elif parameterization == "x0":
+      out = (x32 - jnp.sqrt(alpha) * out) / jnp.sqrt(1.0 - alpha)
     z = jax.random.normal(step_key, x.shape, jnp.float32)
     x_prev, x0_hat = ddim_step(x32, out, alpha, alpha_prev, sigma, z)
     return x_prev.astype(x.dtype), (x0_hat if return_x0_preds else None)
@@ -109,14 +111,15 @@ def ddim_sample(eps_fn: EpsFn, x_T: jnp.ndarray, key: jax.Array,
     schedule: the (concrete) training schedule.
     num_steps: configured DDIM steps (30 -> 31 model calls, see the top).
     eta: DDIM stochasticity; 0 is deterministic DDIM, 1 is DDPM-like.
-    parameterization: "eps", or "v" when eps_fn returns v-predictions.
+    parameterization: "eps", or "v" / "x0" when eps_fn returns v or x0
+      predictions.
     return_x0_preds: also return every step's x0_hat, stacked [S, B, ...].
 
   Returns:
     The final latent [B, views, ...] (and the x0_hat trajectory if asked).
   """
-  if parameterization not in ("eps", "v"):
-    raise ValueError(f"parameterization must be 'eps' or 'v', got "
+  if parameterization not in ("eps", "v", "x0"):
+    raise ValueError(f"parameterization must be 'eps', 'v' or 'x0', got "
                      f"{parameterization!r}.")
   plan = ddim_plan(schedule, num_steps, eta)
   coefficients = np.stack([plan.alphas, plan.alphas_prev, plan.sigmas], axis=1)

@@ -16,7 +16,8 @@ def sample_views(model, params, batch, codec, cfg, schedule, key, *, num_steps=3
                  parameterization="eps"):
   """DDIM-sample the target views of `batch` given its reference and cameras -> uint8 images.
 
-  `parameterization` is what the model predicts ("eps" or "v"); guidance combines either.
+  `parameterization` is what the model predicts ("eps", "v" or "x0"); guidance combines any of
+  them (each is affine in the others at a fixed x_t and t).
   """
   _, cond = step_lib.model_inputs(batch, codec, cfg)
   b = batch["ref_image"].shape[0]

@@ -3,7 +3,7 @@
 A batch is the data pipeline's NumPy dict (uint8 images, float camera data; see
 `data_pipelines/schemas.py`). Inside the step images go through the codec, one timestep per sample
 is drawn and shared by its views, condition groups are dropped for classifier-free guidance, and
-the plain MSE between the model output and the epsilon (or v) target is minimised. A step whose
+the plain MSE between the model output and its target (epsilon, v or x0) is minimised. A step whose
 loss, gradient norm or update is not finite leaves the state untouched and counts itself in
 `state.nonfinite` (reset by the next good step).
 """

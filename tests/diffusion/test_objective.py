@@ -45,8 +45,13 @@ def test_targets_and_conversions_match_formulas():
                              x0, rtol=1e-3, atol=1e-3)  # t = 950: / sqrt(abar)
   np.testing.assert_allclose(
       objective.model_output_to_eps(SCHED, j(x_t), tj, j(v), "v"), eps, **tol)
+  np.testing.assert_array_equal(
+      objective.training_target(SCHED, j(x0), tj, j(eps), "x0"), j(x0))
+  np.testing.assert_allclose(
+      objective.model_output_to_eps(SCHED, j(x_t), tj, j(x0), "x0"), eps,
+      rtol=1e-3, atol=1e-3)
   with pytest.raises(ValueError, match="parameterization"):
-    objective.training_target(SCHED, j(x0), tj, j(eps), "x0")
+    objective.training_target(SCHED, j(x0), tj, j(eps), "z")
 
 
 def test_noise_batch_shares_t_across_views():

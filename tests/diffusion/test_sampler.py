@@ -118,6 +118,9 @@ def test_v_parameterization_equals_eps():
   x_v = sampler.ddim_sample(_oracle_v, X_T, key, SCHED, 30, 0.1,
                             parameterization="v")
   np.testing.assert_allclose(x_v, x_eps, atol=1e-4)
+  x_x0 = sampler.ddim_sample(lambda x, t: jnp.broadcast_to(X0, x.shape), X_T, key, SCHED, 30,
+                             0.1, parameterization="x0")
+  np.testing.assert_allclose(x_x0, x_eps, atol=1e-4)
 
 
 def test_sampling_is_deterministic_given_key():
