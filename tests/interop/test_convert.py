@@ -140,7 +140,7 @@ def test_converted_release_checkpoint_reproduces_golden(kind, golden, tmp_path, 
 
 
 def test_other_size_in_release_trainer_format(tmp_path, capsys):
-  """A random P3 smoke-size model (width 128, 4 blocks, 192 latent channels) as the release's
+  """A random P3 smoke-size model (width 128, 4 blocks, 48 latent channels) as the release's
   trainer saves it: {"iteration", "model": torch.compile'd state_dict, "optimizer"}."""
   config = stage_config("p3_posttrain:size=smoke")
   cfg = ModelConfig.from_config(config.model)

@@ -20,9 +20,7 @@ from pippo_jax.training import loop, transitions
 
 def small_config(stage, arg):
   config = importlib.import_module(f"configs.{stage}").get_config(arg)
-  config.model.update(width=64, depth=2, num_heads=2, cam_mlp_hidden=16, latent_channels=48,
-                      latent_size=16)
-  config.codec.update(downsample=4, latent_channels=48)  # 4x fewer tokens: a fast test
+  config.model.update(width=64, depth=2, num_heads=2, cam_mlp_hidden=16)
   config.train.update(log_every=10, checkpoint_every=1000, sample_every=0, sample_steps=4,
                       sample_batch=1, mesh=dict(data=1, fsdp=1, tensor=1), peak_flops=1e11)
   return config
@@ -53,6 +51,21 @@ def test_loss_falls_and_logs_and_grids_are_written(studio, tmp_path):
   assert grid.shape == (64, 64 * 5 + 8, 3)  # one row: reference | 2 targets | 2 samples
   assert glob.glob(str(tmp_path / "events.out.tfevents.*"))
   assert os.path.isdir(tmp_path / "checkpoints" / "80")
+
+
+def test_smoke_without_a_dataset_builds_its_studio_in_the_workdir(tmp_path):
+  """The README's main job: no data.path -> the smoke size writes its studio under
+  WORKDIR/cache (4 people, 24 cameras: 3 train / 1 test captures) and trains on it."""
+  config = small_config("p3_posttrain", "size=smoke")
+  config.train.update(num_steps=2, log_every=1)
+  assert config.data.path == ""
+  loop.train(config, str(tmp_path))
+  studio = tmp_path / "cache" / "studio_64" / "captures"
+  assert config.data.path == str(studio)
+  splits = json.load(open(studio / "index.json"))["splits"]
+  assert {k: v["num_records"] for k, v in splits.items()} == {"train": 3, "test": 1}
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert [l["step"] for l in lines] == [1, 2] and np.isfinite(lines[-1]["loss"])
 
 
 def test_stage_transition_p1_to_m2_keeps_the_function(tmp_path):

@@ -18,9 +18,6 @@ flags.FLAGS.mark_as_parsed()  # Grain reads absl flags.
 STUDIO = synthetic_studio.StudioSettings(seed=0, subjects=3, cameras=6, moments=1, resolution=64,
                                          images_per_subject=2)
 TINY_MODEL = dict(width=32, depth=2, num_heads=2, cam_mlp_hidden=16)
-# 4x4 space-to-depth (16x16x48 latents): 4x fewer tokens than the smoke default, fast tests.
-FAST_CODEC = dict(codec=dict(downsample=4, latent_channels=48),
-                  model=dict(latent_channels=48, latent_size=16))
 
 
 def write_studio(out_dir) -> str:
@@ -47,8 +44,6 @@ def tiny_config(data_path: str, *, batch_size: int = 8, stage: str = "p3_posttra
   """
   config = importlib.import_module(f"configs.{stage}").get_config("size=smoke,views=2")
   config.model.update(TINY_MODEL)
-  config.codec.update(FAST_CODEC["codec"])
-  config.model.update(FAST_CODEC["model"])
   config.batch_size = batch_size
   config.data.path = data_path
   config.train.update(num_steps=4, log_every=2, checkpoint_every=2, sample_every=0,
@@ -61,11 +56,9 @@ def tiny_config(data_path: str, *, batch_size: int = 8, stage: str = "p3_posttra
 def train_cli_args(*, batch_size: int, num_steps: int, checkpoint_every: int) -> list[str]:
   """pippo-train flags for the tiny P3 model of `tiny_config` on a (data 2, tensor 2) mesh,
   logging every step, no sample grids."""
-  model = {**TINY_MODEL, **FAST_CODEC["model"]}
   return [
       "--config=configs/p3_posttrain.py:size=smoke,views=2", f"--config.batch_size={batch_size}",
-      *(f"--config.model.{k}={v}" for k, v in model.items()),
-      *(f"--config.codec.{k}={v}" for k, v in FAST_CODEC["codec"].items()),
+      *(f"--config.model.{k}={v}" for k, v in TINY_MODEL.items()),
       "--config.train.mesh.data=2", "--config.train.mesh.tensor=2",
       f"--config.train.num_steps={num_steps}", f"--config.train.checkpoint_every={checkpoint_every}",
       "--config.train.log_every=1", "--config.train.sample_every=0",
