@@ -53,7 +53,7 @@ def test_loss_falls_and_logs_and_grids_are_written(studio, tmp_path):
   assert os.path.isdir(tmp_path / "checkpoints" / "80")
 
 
-def test_smoke_without_a_dataset_builds_its_studio_in_the_workdir(tmp_path):
+def test_smoke_without_a_dataset_builds_its_studio_in_the_workdir(tmp_path, capsys):
   """The README's main job: no data.path -> the smoke size writes its studio under
   WORKDIR/cache (4 people, 24 cameras: 3 train / 1 test captures) and trains on it."""
   config = small_config("p3_posttrain", "size=smoke")
@@ -66,6 +66,9 @@ def test_smoke_without_a_dataset_builds_its_studio_in_the_workdir(tmp_path):
   assert {k: v["num_records"] for k, v in splits.items()} == {"train": 3, "test": 1}
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert [l["step"] for l in lines] == [1, 2] and np.isfinite(lines[-1]["loss"])
+  capsys.readouterr()
+  assert loop.train(config, str(tmp_path)) == {}  # run again: restores step 2 and stops
+  assert "already at step 2 (train.num_steps=2): nothing to do" in capsys.readouterr().out
 
 
 def test_stage_transition_p1_to_m2_keeps_the_function(tmp_path):
