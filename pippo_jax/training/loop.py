@@ -127,9 +127,12 @@ def train(config, workdir: str) -> dict:
                                                  config)
   if restored is not None:
     state = restored
-    if start >= int(config.train.num_steps) and jax.process_index() == 0:
-      print(f"{workdir} is already at step {start} (train.num_steps={config.train.num_steps}): "
-            "nothing to do; raise --config.train.num_steps to train on")
+    if start >= int(config.train.num_steps):  # finished: no compile, no matmul benchmark
+      if jax.process_index() == 0:
+        print(f"{workdir} is already at step {start} (train.num_steps={config.train.num_steps}): "
+              "nothing to do; raise --config.train.num_steps to train on")
+      manager.close()
+      return {}
   elif config.train.init_from:
     params, rows = transitions.merge(state.params, transitions.read_params(config.train.init_from))
     state = state.replace(params=params)
