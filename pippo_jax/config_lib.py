@@ -22,6 +22,11 @@ RELEASE_TRAIN_VIEWS = {64: 24, 128: 24, 256: 24, 512: 12, 1024: 2}
 REMAT_POLICIES = ("none", "nothing_saveable", "everything_saveable", "dots_saveable",
                   "dots_with_no_batch_dims_saveable")
 DTYPES = ("float32", "bfloat16")
+DECAYS = ("constant", "cosine", "linear")
+
+
+class ConfigError(ValueError):
+  """A config key has a bad value, or keys do not fit together; the message names them."""
 
 
 def parse_variant(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -29,10 +34,10 @@ def parse_variant(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   out = dict(defaults)
   for item in filter(None, (arg or "").split(",")):
     if "=" not in item:
-      raise ValueError(f"config variant item {item!r} is not key=value (valid keys: {sorted(out)})")
+      raise ConfigError(f"config variant item {item!r} is not key=value (valid keys: {sorted(out)})")
     key, value = (s.strip() for s in item.split("=", 1))
     if key not in out:
-      raise ValueError(f"unknown config variant key {key!r}; valid keys: {sorted(out)}")
+      raise ConfigError(f"unknown config variant key {key!r}; valid keys: {sorted(out)}")
     kind = type(out[key]) if out[key] is not None else str
     out[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
   return ml_collections.ConfigDict(out)
@@ -53,7 +58,7 @@ def model_config(size: str, res: int, views: int, *, cam: bool, control: bool,
                  codec: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The `model` section (keys = `pippo_jax.models.config.ModelConfig` fields)."""
   if size not in SIZES:
-    raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
+    raise ConfigError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
   m = dict(SIZES[size])
   m.update(
       mlp_ratio=4.0, patch_size=2, latent_channels=codec.latent_channels,
@@ -111,50 +116,54 @@ def train_config(size: str) -> ml_collections.ConfigDict:
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Check a resolved config; raise ValueError naming the offending key(s)."""
+  """Check a resolved config; raise ConfigError naming the offending key(s)."""
   m, codec = config.model, config.codec
   if m.width % m.num_heads:
-    raise ValueError(f"model.num_heads={m.num_heads} does not divide model.width={m.width}")
+    raise ConfigError(f"model.num_heads={m.num_heads} does not divide model.width={m.width}")
   if (m.width // m.num_heads) % 2:
-    raise ValueError(f"model.width / model.num_heads = {m.width // m.num_heads} must be even")
+    raise ConfigError(f"model.width / model.num_heads = {m.width // m.num_heads} must be even")
   if m.width % 4:
-    raise ValueError(f"model.width={m.width} must be divisible by 4 (2D sin-cos position table)")
+    raise ConfigError(f"model.width={m.width} must be divisible by 4 (2D sin-cos position table)")
   step = codec.downsample * m.patch_size
   if m.image_size % step:
-    raise ValueError(f"model.image_size={m.image_size} is not divisible by codec.downsample * "
-                     f"model.patch_size = {step}")
+    raise ConfigError(f"model.image_size={m.image_size} is not divisible by codec.downsample * "
+                      f"model.patch_size = {step}")
   if m.latent_size != m.image_size // codec.downsample:
-    raise ValueError(f"model.latent_size={m.latent_size} must equal model.image_size / "
-                     f"codec.downsample = {m.image_size // codec.downsample}")
+    raise ConfigError(f"model.latent_size={m.latent_size} must equal model.image_size / "
+                      f"codec.downsample = {m.image_size // codec.downsample}")
   if m.latent_channels != codec.latent_channels:
-    raise ValueError(f"model.latent_channels={m.latent_channels} != codec.latent_channels="
-                     f"{codec.latent_channels}")
+    raise ConfigError(f"model.latent_channels={m.latent_channels} != codec.latent_channels="
+                      f"{codec.latent_channels}")
   if m.use_control_mlp and m.patch_size != 2:
-    raise ValueError(f"model.patch_size={m.patch_size}: ControlMLP's encoder downsamples by 2, "
-                     "so model.use_control_mlp needs model.patch_size=2")
+    raise ConfigError(f"model.patch_size={m.patch_size}: ControlMLP's encoder downsamples by 2, "
+                      "so model.use_control_mlp needs model.patch_size=2")
   if m.use_control_mlp and not m.use_cam_mlp:
-    raise ValueError("model.use_control_mlp=True needs model.use_cam_mlp=True (P3 builds on M2)")
+    raise ConfigError("model.use_control_mlp=True needs model.use_cam_mlp=True (P3 builds on M2)")
   if m.num_views < 1:
-    raise ValueError(f"model.num_views={m.num_views} must be >= 1")
+    raise ConfigError(f"model.num_views={m.num_views} must be >= 1")
   if m.attention_impl not in attention.IMPLEMENTATIONS:
-    raise ValueError(f"model.attention_impl={m.attention_impl!r}; choose from "
-                     f"{attention.IMPLEMENTATIONS}")
+    raise ConfigError(f"model.attention_impl={m.attention_impl!r}; choose from "
+                      f"{attention.IMPLEMENTATIONS}")
   if m.remat_policy not in REMAT_POLICIES:
-    raise ValueError(f"model.remat_policy={m.remat_policy!r}; choose from {REMAT_POLICIES}")
+    raise ConfigError(f"model.remat_policy={m.remat_policy!r}; choose from {REMAT_POLICIES}")
   if m.dtype not in DTYPES:
-    raise ValueError(f"model.dtype={m.dtype!r}; choose from {DTYPES}")
+    raise ConfigError(f"model.dtype={m.dtype!r}; choose from {DTYPES}")
   if m.attention_train_views < 1 or m.attention_gamma <= 0:
-    raise ValueError("model.attention_train_views must be >= 1 and model.attention_gamma > 0")
+    raise ConfigError("model.attention_train_views must be >= 1 and model.attention_gamma > 0")
   if config.batch_size < 1:
-    raise ValueError(f"batch_size={config.batch_size} must be >= 1")
+    raise ConfigError(f"batch_size={config.batch_size} must be >= 1")
   if "data" in config:
     if config.data.resolution != m.image_size:
-      raise ValueError(f"data.resolution={config.data.resolution} != model.image_size={m.image_size}")
+      raise ConfigError(f"data.resolution={config.data.resolution} != model.image_size={m.image_size}")
     if config.data.num_views != m.num_views:
-      raise ValueError(f"data.num_views={config.data.num_views} != model.num_views={m.num_views}")
+      raise ConfigError(f"data.num_views={config.data.num_views} != model.num_views={m.num_views}")
+  if config.optimizer.name != "adamw":
+    raise ConfigError(f"optimizer.name={config.optimizer.name!r}: only 'adamw' is implemented")
+  if config.optimizer.decay not in DECAYS:
+    raise ConfigError(f"optimizer.decay={config.optimizer.decay!r}; choose from {DECAYS}")
   for group, p in config.diffusion.cond_drop.items():
     if not 0.0 <= p <= 1.0:
-      raise ValueError(f"diffusion.cond_drop.{group}={p} is not a probability")
+      raise ConfigError(f"diffusion.cond_drop.{group}={p} is not a probability")
   return config
 
 
@@ -162,7 +171,7 @@ def stage_config(stage: str, variant: ml_collections.ConfigDict, *, cam: bool,
                  control: bool) -> ml_collections.ConfigDict:
   """Assemble a full config from a parsed variant (keys size, res, views, batch)."""
   if variant.res not in RESOLUTIONS:
-    raise ValueError(f"res={variant.res} is not one of {RESOLUTIONS}")
+    raise ConfigError(f"res={variant.res} is not one of {RESOLUTIONS}")
   config = ml_collections.ConfigDict()
   config.stage = stage
   config.variant = variant.to_dict()

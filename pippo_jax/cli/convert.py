@@ -28,10 +28,12 @@ import numpy as np
 from ml_collections import config_flags
 from safetensors.numpy import save_file
 
-from pippo_jax import config_lib
+from pippo_jax import paths
+from pippo_jax.cli import common
 from pippo_jax.interop import checkpoint_io, release_layout, torch_checkpoint
 from pippo_jax.models.config import ModelConfig
 
+PROGRAM = "pippo-convert"
 FORMATS = ("pippo-torch",)
 
 
@@ -92,14 +94,7 @@ def main(argv=None) -> int:
   argv = ["pippo-convert"] + list(sys.argv[1:] if argv is None else argv)
   fv = flags.FlagValues()
   _define(fv, argv)
-  if any(a in ("-h", "--help", "-help", "--helpshort") for a in argv[1:]):
-    print(__doc__ + "\n" + fv.get_help())
-    return 0
-  try:
-    rest = fv(argv)[1:]
-  except flags.Error as e:
-    print(f"pippo-convert: error: {e}", file=sys.stderr)
-    return 2
+  rest = common.parse(PROGRAM, argv, fv, doc=__doc__)
   src, dst, out = fv["from"].value, fv["to"].value, fv["out"].value
   usage = None
   if (src is None) == (dst is None):
@@ -113,21 +108,21 @@ def main(argv=None) -> int:
   elif dst and not out.endswith(".safetensors"):
     usage = "--to pippo-torch writes a .safetensors file"
   if usage:
-    print(f"pippo-convert: error: {usage} (see --help)", file=sys.stderr)
-    return 2
+    print(f"{PROGRAM}: error: {usage} (see --help)", file=sys.stderr)
+    return common.USAGE
+  config = common.config_value(PROGRAM, fv["config"])
+  out = paths.resolve(out)
   try:
     if os.path.isfile(out) or os.path.isdir(out) and os.listdir(out):
       raise FileExistsError(f"--out {out} exists; remove it or choose another path")
-    config = fv["config"].value
-    if config is not None:
-      config = config_lib.validate(config)
+    paths.writable_dir(os.path.dirname(out), "the parent of --out")
     if src:
-      from_torch(rest[0], config, out, fv["key"].value)
+      from_torch(paths.resolve(rest[0]), config, out, fv["key"].value)
     else:
-      to_torch(fv["from-checkpoint"].value, out, config)
+      to_torch(paths.resolve(fv["from-checkpoint"].value), out, config)
   except (ValueError, OSError, ImportError) as e:
-    print(f"pippo-convert: error: {e}", file=sys.stderr)
-    return 1
+    print(f"{PROGRAM}: error: {e}", file=sys.stderr)
+    return common.FAILED
   return 0
 
 

@@ -6,13 +6,13 @@ Shapes come from `jax.eval_shape`: nothing is allocated, so full-size configs ar
 """
 import sys
 
-from absl import app, flags
+from absl import flags
 import flax.linen as nn
 import jax
 import numpy as np
 from ml_collections import config_flags
 
-from pippo_jax import config_lib
+from pippo_jax.cli import common
 from pippo_jax.models import flops
 from pippo_jax.models.config import ModelConfig
 from pippo_jax.models.pippo import Pippo, dummy_inputs
@@ -21,6 +21,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file[:va
                                           lock_config=False)
 _FULL = flags.DEFINE_bool("full", False, "Also print every parameter's shape.")
 _ALL = flags.DEFINE_bool("all", False, "Inspect the default variant of every stage config.")
+PROGRAM = "pippo-inspect"
 STAGE_CONFIGS = ("p1_pretrain", "m2_midtrain", "p3_posttrain")
 
 
@@ -71,17 +72,20 @@ def report(config, full: bool = False) -> str:
 
 
 def main(argv=None):
-  flags.FLAGS(argv if argv is not None else sys.argv)
+  argv = list(sys.argv if argv is None else argv)
+  rest = common.parse(PROGRAM, argv, doc=__doc__, module=sys.modules[__name__])
+  if rest:
+    common.fail(PROGRAM, f"unexpected arguments {rest}", common.USAGE)
   if _ALL.value:
     import importlib
     for name in STAGE_CONFIGS:
       print(f"=== configs/{name}.py")
       print(report(importlib.import_module(f"configs.{name}").get_config(), _FULL.value) + "\n")
     return
-  if _CONFIG.value is None:
-    raise app.UsageError("--config is required (e.g. --config configs/p3_posttrain.py:size=tiny), "
-                         "or --all")
-  config = config_lib.validate(_CONFIG.value)
+  config = common.config_value(PROGRAM, _CONFIG)
+  if config is None:
+    common.fail(PROGRAM, "--config is required (e.g. --config configs/p3_posttrain.py:size=tiny), "
+                "or --all", common.USAGE)
   print(report(config, _FULL.value))
 
 

@@ -14,6 +14,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from pippo_jax.config_lib import ConfigError
 from pippo_jax.models import embeddings
 
 
@@ -51,10 +52,11 @@ def make_codec(codec_cfg):
   if codec_cfg.kind == "space_to_depth":
     codec = SpaceToDepthCodec(codec_cfg.downsample, codec_cfg.scale_factor, codec_cfg.shift_factor)
     if codec.latent_channels != codec_cfg.latent_channels:
-      raise ValueError(f"codec.latent_channels={codec_cfg.latent_channels} but a space-to-depth "
-                       f"codec with downsample {codec.downsample} makes {codec.latent_channels}")
+      raise ConfigError(f"codec.latent_channels={codec_cfg.latent_channels} but a space-to-depth "
+                        f"codec with downsample {codec.downsample} makes {codec.latent_channels}")
     return codec
   if codec_cfg.kind == "sdxl_vae":
-    raise ValueError("codec.kind='sdxl_vae': the SDXL VAE port is not available yet; train with "
-                     "codec.kind='space_to_depth' (e.g. the smoke size) or set codec.* to match it")
-  raise ValueError(f"unknown codec.kind={codec_cfg.kind!r}: use 'space_to_depth' or 'sdxl_vae'")
+    raise ConfigError("codec.kind='sdxl_vae': the SDXL VAE port is not available yet; train "
+                      "with codec.kind='space_to_depth' (e.g. the smoke size) or set codec.* to "
+                      "match it")
+  raise ConfigError(f"unknown codec.kind={codec_cfg.kind!r}: use 'space_to_depth' or 'sdxl_vae'")

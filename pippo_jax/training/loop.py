@@ -2,10 +2,16 @@
 
     train(config, workdir)
 
-Resumes from the newest checkpoint in WORKDIR (train state, data-iterator state: the same batches
-follow), or starts a new stage from `train.init_from`. Writes TensorBoard scalars and sample grids
-(clu metric writers), `metrics.jsonl` (one line per logged step), and PNG grids under `samples/`.
-SIGTERM (preemption) saves a checkpoint at the current step and stops cleanly.
+Resumes from the newest intact checkpoint in WORKDIR (train state, data-iterator state: the same
+batches follow), or starts a new stage from `train.init_from`. Writes TensorBoard scalars and
+sample grids (clu metric writers), `metrics.jsonl` (one line per logged step; lines past the
+restored step are dropped on resume), and PNG grids under `samples/`. WORKDIR/run.lock keeps a
+second run off the same workdir. SIGTERM (preemption) and SIGINT (Ctrl-C) save a checkpoint at a
+step every process agrees on and stop; SIGTERM returns normally, SIGINT raises KeyboardInterrupt
+after the save (a second Ctrl-C stops at once).
+
+Multi-host rule: every process runs every collective (gathers, syncs, jitted functions of global
+arrays) in the same order; only writing files is gated on process 0.
 """
 import json
 import logging
@@ -16,11 +22,11 @@ import time
 
 import jax
 import numpy as np
-from etils import epath
 from jax.experimental import multihost_utils
 
 from data_pipelines import pipelines
-from pippo_jax import config_lib
+from pippo_jax import config_lib, paths
+from pippo_jax.config_lib import ConfigError
 from pippo_jax.diffusion import schedule as schedule_lib
 from pippo_jax.inference import sample as sample_lib
 from pippo_jax.models import codec as codec_lib
@@ -28,7 +34,8 @@ from pippo_jax.models import flops
 from pippo_jax.models.config import ModelConfig
 from pippo_jax.models.pippo import Pippo
 from pippo_jax.parallel import sharding
-from pippo_jax.training import checkpointing, state as state_lib, step as step_lib, transitions
+from pippo_jax.training import checkpointing, run_lock, state as state_lib, step as step_lib
+from pippo_jax.training import transitions
 
 # Batch keys the step reads, by what the model is conditioned on.
 BASE_KEYS = ("target_images", "ref_image")
@@ -40,11 +47,12 @@ def mesh_from_config(mesh_cfg) -> jax.sharding.Mesh:
   sizes = {k: int(mesh_cfg[k]) for k in sharding.MESH_AXES}
   free = [k for k, v in sizes.items() if v == -1]
   if len(free) > 1:
-    raise ValueError(f"train.mesh: only one axis may be -1, got {sizes}")
+    raise ConfigError(f"train.mesh: only one axis may be -1, got {sizes}")
   known = math.prod(v for v in sizes.values() if v != -1)
   if free:
     if jax.device_count() % known:
-      raise ValueError(f"train.mesh {sizes}: {jax.device_count()} devices are not divisible by {known}")
+      raise ConfigError(f"train.mesh {sizes}: {jax.device_count()} devices are not divisible by "
+                        f"{known}")
     sizes[free[0]] = jax.device_count() // known
   n = math.prod(sizes.values())
   if jax.process_count() == 1 and n < jax.device_count():
@@ -65,9 +73,9 @@ def ensure_dataset(config, workdir: str) -> None:
   if config.data.source != "array_record" or config.data.path:
     return
   if config.variant.get("size") != "smoke":
-    raise ValueError("data.path is empty: point it at a dataset directory (e.g. OUT/captures from "
-                     "`pippo-data synth --out OUT`), or use the smoke size to train on a "
-                     "synthetic studio built in the workdir")
+    raise ConfigError("data.path is empty: point it at a dataset directory (e.g. OUT/captures from "
+                      "`pippo-data synth --out OUT`), or use the smoke size to train on a "
+                      "synthetic studio built in the workdir")
   from data_pipelines import synthetic_studio  # pylint: disable=g-import-not-at-top
   out = os.path.join(workdir, "cache", f"studio_{config.model.image_size}")
   kind = "captures" if config.data.kind == "multiview" else "images"
@@ -82,10 +90,28 @@ def ensure_dataset(config, workdir: str) -> None:
 
 
 class MetricsLog:
-  """Appends {"step", ...metrics} lines to WORKDIR/metrics.jsonl (process 0)."""
+  """Appends {"step", ...metrics} lines to WORKDIR/metrics.jsonl (process 0).
 
-  def __init__(self, workdir: str):
+  Opened at `start_step` (the restored step), it first drops the lines of later steps (written by
+  a run that was killed after its last checkpoint, and about to be redone) and any torn last line,
+  so the file holds each step once, in order.
+  """
+
+  def __init__(self, workdir: str, start_step: int = 0):
     self.path = os.path.join(workdir, "metrics.jsonl")
+    if jax.process_index() == 0 and os.path.exists(self.path):
+      keep = []
+      with open(self.path) as f:
+        for line in f:
+          try:
+            if json.loads(line)["step"] <= start_step:
+              keep.append(line)
+          except (ValueError, KeyError, TypeError):
+            pass  # a torn line from a killed run
+      tmp = self.path + ".tmp"
+      with open(tmp, "w") as f:
+        f.writelines(keep)
+      os.replace(tmp, self.path)
 
   def write(self, step: int, metrics: dict) -> None:
     if jax.process_index() == 0:
@@ -98,25 +124,58 @@ def global_batch(host_batch: dict, keys, batch_sharding) -> dict:
           for k in keys}
 
 
+def _acquire(lock: run_lock.RunLock) -> None:
+  """Process 0 takes the workdir lock; every process learns whether it got it (a collective)."""
+  error = None
+  if jax.process_index() == 0:
+    try:
+      lock.acquire()
+    except run_lock.WorkdirBusyError as e:
+      error = e
+  if jax.process_count() > 1:
+    busy = bool(multihost_utils.process_allgather(np.int32(error is not None)).max())
+    if busy and error is None:
+      error = run_lock.WorkdirBusyError(f"{os.path.dirname(lock.path)} is in use by another run "
+                                        "(see process 0's message)")
+  if error is not None:
+    raise error
+
+
 def train(config, workdir: str) -> dict:
-  """Run (or resume) training; returns the last logged metrics."""
-  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
+  """Run (or resume) training; returns the last logged metrics.
+
+  User paths (WORKDIR, `data.path`, `train.init_from`) are made absolute here, `~` expanded;
+  WORKDIR must be writable and not in use by another run.
+  """
   config_lib.validate(config)
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  workdir = paths.writable_dir(workdir, "--workdir")
+  config.data.path = paths.resolve(config.data.path)
+  config.train.init_from = paths.resolve(config.train.init_from)
+  if config.train.init_from and not os.path.exists(config.train.init_from):
+    raise FileNotFoundError(f"train.init_from={config.train.init_from} does not exist")
+  lock = run_lock.RunLock(workdir)
+  _acquire(lock)
+  try:
+    return _train(config, workdir)
+  finally:
+    lock.release()
+
+
+def _train(config, workdir: str) -> dict:
+  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
   cfg = ModelConfig.from_config(config.model)
   mesh = mesh_from_config(config.train.mesh)
   data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
   if config.batch_size % data_ways:
-    raise ValueError(f"batch_size={config.batch_size} is not divisible by the data-parallel mesh "
-                     f"axes data x fsdp = {data_ways}")
+    raise ConfigError(f"batch_size={config.batch_size} is not divisible by the "
+                                 f"data-parallel mesh axes data x fsdp = {data_ways}")
+  model = Pippo(cfg)
+  tx = state_lib.make_optimizer(config.optimizer, state_lib.abstract_params(model, cfg))
   ensure_dataset(config, workdir)
-
-  model, codec = Pippo(cfg), codec_lib.make_codec(config.codec)
+  codec = codec_lib.make_codec(config.codec)
   schedule = schedule_lib.cosine_schedule(config.diffusion.num_timesteps, config.diffusion.cosine_s,
                                           config.diffusion.max_beta)
   use_ema = config.train.ema_decay > 0
-  abstract_params = state_lib.abstract_params(model, cfg)
-  tx = state_lib.make_optimizer(config.optimizer, abstract_params)
   state, shardings = state_lib.init_train_state(model, tx, cfg, mesh, config.seed, use_ema)
   abstract_state = jax.eval_shape(lambda: state)
 
@@ -152,7 +211,7 @@ def train(config, workdir: str) -> dict:
   if config.train.profile_steps and jax.process_index() == 0:
     hooks.append(periodic_actions.Profile(num_profile_steps=config.train.profile_steps,
                                           logdir=workdir))
-  log = MetricsLog(workdir)
+  log = MetricsLog(workdir, start)
   peak = config.train.peak_flops or flops.matmul_peak(repeats=3)
   step_flops = flops.train_step_flops(cfg, batch=config.batch_size)
 
@@ -164,8 +223,7 @@ def train(config, workdir: str) -> dict:
     sample_batch = next(pipelines.make_iterator(sample_cfg))
     sampler = make_sampler(model, codec, cfg, schedule, config)
 
-  stop = {"sigterm": False}
-  previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
+  stop, received = StopSignals(), None
   last, window, window_start = {}, [], time.perf_counter()
   try:
     for step in range(start + 1, num_steps + 1):
@@ -192,21 +250,53 @@ def train(config, workdir: str) -> dict:
         writer.write_scalars(step, last)
         log.write(step, last)
         window, window_start = [], time.perf_counter()
-      sigterm = stop["sigterm"]
-      if jax.process_count() > 1:  # processes get the signal at different steps: agree on one
-        sigterm = bool(multihost_utils.process_allgather(np.int32(sigterm)).max())
+      received = stop.agreed()
       checkpointing.save(manager, step, state, data_iter, config,
-                         force=sigterm or step == num_steps)
+                         force=received is not None or step == num_steps)
       if config.train.sample_every and (step % config.train.sample_every == 0 or step == num_steps):
         write_samples(workdir, writer, step, sampler, state, sample_batch, keys, batch_sh, mesh)
-      if sigterm:
-        logging.warning("SIGTERM: saved a checkpoint at step %d; stopping", step)
+      if received is not None:
+        logging.warning("%s: saved a checkpoint at step %d; stopping", received, step)
         break
   finally:
     manager.wait_until_finished()
-    signal.signal(signal.SIGTERM, previous)
+    stop.restore()
     writer.flush()
+  if received == "SIGINT":
+    raise KeyboardInterrupt(f"saved a checkpoint at step {step} in {workdir}; run the same "
+                            "command to resume")
   return last
+
+
+class StopSignals:
+  """SIGTERM / SIGINT handlers that ask the loop to save and stop at a step all processes agree
+  on. A second SIGINT stops at once (KeyboardInterrupt)."""
+
+  CODES = (None, "SIGTERM", "SIGINT")
+
+  def __init__(self):
+    self.received = 0
+    self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+  def _handle(self, signum, _):
+    code = 2 if signum == signal.SIGINT else 1
+    if code == 2 and self.received == 2:
+      raise KeyboardInterrupt("second Ctrl-C: stopped without saving")
+    self.received = max(self.received, code)
+    if code == 2:
+      logging.warning("SIGINT: saving a checkpoint at the end of this step (Ctrl-C again to stop "
+                      "at once)")
+
+  def agreed(self) -> str | None:
+    """The signal to act on at this step (the same on every process: a collective)."""
+    code = self.received
+    if jax.process_count() > 1:  # processes get the signal at different steps: agree on one
+      code = int(multihost_utils.process_allgather(np.int32(code)).max())
+    return self.CODES[code]
+
+  def restore(self) -> None:
+    for s, handler in self.previous.items():
+      signal.signal(s, handler)
 
 
 def make_sampler(model, codec, cfg, schedule, config):
@@ -223,10 +313,10 @@ def write_samples(workdir, writer, step, sampler, state, host_batch, keys, batch
   params = state.ema_params if state.ema_params is not None else state.params
   with jax.set_mesh(mesh):
     images = sampler(params, batch)
-  images = multihost_utils.process_allgather(images, tiled=True)
+  # Gathers are collectives: every process takes part; only process 0 writes.
+  images, ref, tgt = (multihost_utils.process_allgather(a, tiled=True)
+                      for a in (images, batch["ref_image"], batch["target_images"]))
   if jax.process_index() == 0:
-    ref = multihost_utils.process_allgather(batch["ref_image"], tiled=True)
-    tgt = multihost_utils.process_allgather(batch["target_images"], tiled=True)
     image = sample_lib.grid(ref, tgt, images)
     os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
     sample_lib.save_png(image, os.path.join(workdir, "samples", f"step_{step:07d}.png"))

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from pippo_jax.config_lib import ConfigError
 from pippo_jax.models.config import ModelConfig
 from pippo_jax.models.pippo import Pippo, dummy_inputs
 from pippo_jax.parallel import sharding
@@ -39,7 +40,7 @@ def learning_rate(opt_cfg) -> optax.Schedule:
   elif opt_cfg.decay == "linear":
     after = optax.linear_schedule(lr, 0.0, max(1, int(opt_cfg.decay_steps) - warmup))
   else:
-    raise ValueError(f"optimizer.decay={opt_cfg.decay!r}: use constant, cosine or linear")
+    raise ConfigError(f"optimizer.decay={opt_cfg.decay!r}: use constant, cosine or linear")
   if warmup <= 0:
     return after
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup])
@@ -50,14 +51,14 @@ def make_optimizer(opt_cfg, param_shapes) -> optax.GradientTransformation:
   `optimizer.lr_multipliers`, modules in `optimizer.frozen` not updated), with optional gradient
   accumulation over `optimizer.grad_accum_steps` micro-batches."""
   if opt_cfg.name != "adamw":
-    raise ValueError(f"optimizer.name={opt_cfg.name!r}: only 'adamw' is implemented")
+    raise ConfigError(f"optimizer.name={opt_cfg.name!r}: only 'adamw' is implemented")
   modules = set(param_shapes)
   multipliers = dict(opt_cfg.lr_multipliers)
   frozen = set(opt_cfg.frozen)
   unknown = (set(multipliers) | frozen) - modules
   if unknown:
-    raise ValueError(f"optimizer.lr_multipliers / optimizer.frozen name unknown modules "
-                     f"{sorted(unknown)}; the model has {sorted(modules)}")
+    raise ConfigError(f"optimizer.lr_multipliers / optimizer.frozen name unknown modules "
+                      f"{sorted(unknown)}; the model has {sorted(modules)}")
   schedule = learning_rate(opt_cfg)
 
   def adamw(mult):

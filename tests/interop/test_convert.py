@@ -236,8 +236,15 @@ def test_pickles_load_weights_only_and_torch_is_optional(golden, tmp_path, capsy
 
 
 def test_usage(capsys):
-  assert run("--help") == 0
-  assert "weights_only=True" in capsys.readouterr().out
+  with pytest.raises(SystemExit) as exit_info:
+    run("--help")
+  assert exit_info.value.code == 0
+  help_text = capsys.readouterr().out
+  assert "weights_only=True" in help_text and "--from-checkpoint" in help_text
+  with pytest.raises(SystemExit) as exit_info:
+    run("--bogus")
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err.strip() == "pippo-convert: error: Unknown command line flag 'bogus'"
   assert run("--out", "x") == 2
   assert run("--from", "pippo-torch", "a.pth", "--out", "x") == 2  # no --config
   assert "--config" in capsys.readouterr().err

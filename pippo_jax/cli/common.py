@@ -1,0 +1,96 @@
+"""What every pippo CLI does the same way: flag parsing, --help, errors and exit codes.
+
+  0    success (also --help)
+  1    the job failed: a missing or unreadable file, a busy workdir, a diverged run, ...
+  2    usage: an unknown flag or config key, a bad value, an invalid config combination
+  130  interrupted (Ctrl-C) before anything could be saved
+
+Errors print one line, `PROGRAM: error: MESSAGE`, to stderr; no traceback for a user's mistake.
+"""
+import re
+import sys
+
+from absl import app, flags, logging
+
+from data_pipelines.pipelines import CorruptDataError
+from pippo_jax import config_lib
+from pippo_jax.training.checkpointing import CheckpointError
+from pippo_jax.training.run_lock import WorkdirBusyError
+
+USAGE, FAILED, INTERRUPTED = 2, 1, 130
+HELP_FLAGS = ("-h", "--help", "-help", "--helpshort")
+# Errors that are the user's to fix (a file, a path, a busy workdir, bad data, a diverged run):
+# one line, exit 1.
+USER_ERRORS = (OSError, ImportError, FloatingPointError, WorkdirBusyError, CorruptDataError,
+               CheckpointError)
+
+
+def _override_arg(argv, key: str) -> str:
+  """The `--config.a.b=v` argument of `argv` whose path holds `key` (else the key itself)."""
+  for arg in argv:
+    name = arg.lstrip("-").split("=", 1)[0]
+    if name.startswith("config") and key in name.split("."):
+      return name
+  return key
+
+
+def usage_message(error: BaseException, argv) -> str:
+  """One line for a flag or config error raised while parsing `argv`."""
+  text = str(error)
+  if isinstance(error, AttributeError):  # ml_collections: unknown key in a --config.* override
+    key = re.search(r"'([^'\\]+)", text)
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    name = _override_arg(argv, key.group(1) if key else text)
+    return f"unknown config key {name}" + (f' (did you mean "{hint.group(1)}"?)' if hint else "")
+  if isinstance(error, KeyError):
+    path = re.search(r"Attempting to lookup: (\S+?)[\"']?$", text)
+    return f"unknown config key config.{path.group(1)}" if path else f"unknown config key {text}"
+  if "Error whilst parsing config file" in text:  # the config file raised: keep its last line
+    flag = text.split(":", 1)[0].removeprefix("flag ")
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    return f"{flag}: {re.sub(r'^[A-Za-z_.]*Error: ', '', last)}"
+  return text.splitlines()[0] if text else type(error).__name__
+
+
+def fail(program: str, message: str, code: int) -> None:
+  print(f"{program}: error: {message}", file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def parse(program: str, argv, flag_values=None, doc: str = "", module=None) -> list[str]:
+  """Parse `argv` into `flag_values` (default: absl's FLAGS); returns the positional arguments.
+
+  --help prints `doc` and this program's own flags, exit 0; a usage error exits 2 with one line.
+  """
+  fv = flag_values if flag_values is not None else flags.FLAGS
+  if any(a in HELP_FLAGS for a in argv[1:]):
+    own = fv.module_help(module) if module is not None else fv.get_help()
+    print(f"{doc.rstrip()}\n\nflags:\n{own}")
+    sys.exit(0)
+  try:
+    return fv(argv)[1:]
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+    fail(program, usage_message(e, argv), USAGE)
+
+
+def guarded(program: str, body, *args):
+  """`body(*args)`, its errors as one line and an exit code (see the module docstring)."""
+  try:
+    return body(*args)
+  except (config_lib.ConfigError, app.UsageError) as e:
+    fail(program, str(e), USAGE)
+  except KeyboardInterrupt:
+    fail(program, "interrupted", INTERRUPTED)
+  except USER_ERRORS as e:
+    logging.debug("%s failed", program, exc_info=True)
+    fail(program, str(e) or type(e).__name__, FAILED)
+
+
+def config_value(program: str, config_flag):
+  """A config flag's value, validated; a config file that cannot be loaded is a usage error."""
+  try:  # ml_collections loads the file lazily: a missing one raises OSError on first use
+    return None if config_flag.value is None else config_lib.validate(config_flag.value)
+  except OSError as e:
+    fail(program, " ".join(str(e).split()), USAGE)
+  except config_lib.ConfigError as e:
+    fail(program, str(e), USAGE)
