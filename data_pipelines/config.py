@@ -35,8 +35,18 @@ views)`. Keys:
                      detection_confidence, person height / image height,
                      visibility or quality below these are dropped;
                      require_face drops records without a face box
-  corrupt_threshold  fail when corrupt / seen records exceeds this fraction ...
-  corrupt_min_records  ... once at least this many records were seen
+  corrupt_threshold  fail (CorruptDataError) when corrupt / read records
+                     exceeds this fraction. Each process checks it after every
+                     record it reads, from its N-th record on, N =
+                     min(corrupt_min_records, its records per epoch) (its
+                     share of an epoch: every process_count-th record). So a
+                     large dataset never fails within its first
+                     corrupt_min_records records, and a smaller one is checked
+                     from the end of its first epoch on (tiny datasets with
+                     bad records fail fast).
+                     Corrupt: unreadable, fails to parse or decode, or outside
+                     the image size limits of `schemas.decode_image`
+  corrupt_min_records  see corrupt_threshold
   seed               shuffling and augmentation seed (epoch e uses seed + e)
   shuffle            global shuffle (False: index order, for evaluation)
   num_epochs         None: repeat forever

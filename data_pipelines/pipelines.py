@@ -59,16 +59,23 @@ class _Example:
 
 
 class _SkipIterator(grain.DatasetIterator):
-  """Drops skip markers; counts them; fails past the corrupt threshold."""
+  """Drops skip markers; counts them; fails past the corrupt threshold.
+
+  The corrupt fraction is checked after every record from the
+  `min(corrupt_min_records, epoch_records)`-th record read on (see
+  `data_pipelines.config`).
+  """
 
   def __init__(self, parent, threshold: float, min_records: int,
                epoch_records: int):
     super().__init__(parent)
-    self.threshold, self.min_records = threshold, min_records
+    self.threshold = threshold
+    self.min_records = min(min_records, epoch_records)
     # Nothing emitted after a whole host epoch (at least 1000, at most 10^4
     # records): the filters or the data are wrong; stop instead of spinning.
     self.give_up = min(max(epoch_records, 1000), 10000)
     self.counts = {"seen": 0, "corrupt": 0, "filtered": 0, "emitted": 0}
+    self.last_corrupt = ""
 
   def __next__(self):
     c = self.counts
@@ -76,21 +83,23 @@ class _SkipIterator(grain.DatasetIterator):
       ex = next(self._parent)
       c["seen"] += 1
       reason = ex.get("_skip")
-      if reason is None:
-        c["emitted"] += 1
-        return ex
-      c[reason] += 1
+      if reason is not None:
+        c[reason] += 1
       if reason == "corrupt":
+        self.last_corrupt = f"{ex['_where']}: {ex['_message']}"
         if c["corrupt"] <= _LOG_FIRST or math.log10(c["corrupt"]).is_integer():
           logging.warning("skipping corrupt record %s (%d corrupt of %d seen): %s",
                           ex["_where"], c["corrupt"], c["seen"], ex["_message"])
-        fraction = c["corrupt"] / c["seen"]
-        if c["seen"] >= self.min_records and fraction > self.threshold:
-          raise CorruptDataError(
-              f"{c['corrupt']} of {c['seen']} records read were corrupt "
-              f"({fraction:.1%} > data.corrupt_threshold={self.threshold:.1%}); "
-              f"last: {ex['_where']}: {ex['_message']}. Check the dataset with "
-              "`pippo-data stats DIR --all` or raise data.corrupt_threshold.")
+      fraction = c["corrupt"] / c["seen"]
+      if c["seen"] >= self.min_records and fraction > self.threshold:
+        raise CorruptDataError(
+            f"{c['corrupt']} of {c['seen']} records read were corrupt "
+            f"({fraction:.1%} > data.corrupt_threshold={self.threshold:.1%}); "
+            f"last: {self.last_corrupt}. Check the dataset with "
+            "`pippo-data stats DIR --all` or raise data.corrupt_threshold.")
+      if reason is None:
+        c["emitted"] += 1
+        return ex
       if c["emitted"] == 0 and c["seen"] >= self.give_up:
         raise CorruptDataError(
             f"none of the first {c['seen']} records passed (corrupt: "
@@ -98,11 +107,13 @@ class _SkipIterator(grain.DatasetIterator):
             "check data.filters and the dataset")
 
   def get_state(self) -> dict[str, Any]:
-    return {"parent": self._parent.get_state(), "counts": dict(self.counts)}
+    return {"parent": self._parent.get_state(), "counts": dict(self.counts),
+            "last_corrupt": self.last_corrupt}
 
   def set_state(self, state: dict[str, Any]) -> None:
     self._parent.set_state(state["parent"])
     self.counts = dict(state["counts"])
+    self.last_corrupt = state.get("last_corrupt", "")
 
 
 class _SkipDataset(grain.IterDataset):
@@ -172,9 +183,10 @@ def build_dataset(cfg, *, process_index: int | None = None,
     it = it.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=cfg.worker_count,
         per_worker_buffer_size=cfg.worker_buffer_size))
-  epoch_records = -(-n // process_count)
+  # This process's share of one epoch: every process_count-th record.
+  epoch_records = len(range(process_index, n, process_count))
   it = _SkipDataset(it, threshold=float(cfg.corrupt_threshold),
-                    min_records=min(int(cfg.corrupt_min_records), epoch_records),
+                    min_records=int(cfg.corrupt_min_records),
                     epoch_records=epoch_records)
   if batch:
     it = it.batch(cfg.batch_size // process_count,

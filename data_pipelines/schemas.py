@@ -54,6 +54,11 @@ Image record (`kind == "image"`): one in-the-wild style photo for P1.
   face_box               float32 [4]      x, y, w, h; w == h == 0: no face
   =====================  ===============  =================================
 
+Every encoded image (photos, camera views, masks) decodes through
+`decode_image`, which refuses sides under MIN_IMAGE_SIDE (16 px) and more than
+MAX_IMAGE_PIXELS (64 megapixels) from the header, before decoding, and scales
+16-bit images to 8 bits; a record it refuses counts as corrupt.
+
 Host batches
 ============
 Pipelines (`data_pipelines.pipelines`) yield dicts of NumPy arrays. B is the
@@ -273,10 +278,52 @@ def encode_image(array: np.ndarray, fmt: str = "png", quality: int = 95) -> byte
   return buf.getvalue()
 
 
+# Size limits of a decoded image, checked from its header before any pixel is
+# decoded: a 1x1 "photo" is no training example, and a 144-megapixel one needs
+# gigabytes to decode. Records outside them count as corrupt.
+MIN_IMAGE_SIDE = 16            # pixels, both sides
+MAX_IMAGE_PIXELS = 64 * 10**6  # height * width
+_16BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+  """16-bit grey images scaled to 8 bits (value >> 8); others unchanged.
+
+  PIL's `convert` clips them instead, turning most pixels white. Mode "I"
+  (32-bit integers, how some readers hand over 16-bit data) is clipped to
+  [0, 65535] first.
+  """
+  if im.mode not in _16BIT_MODES:
+    return im
+  values = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
+  return Image.fromarray((values >> 8).astype(np.uint8), "L")
+
+
+def _check_size(width: int, height: int, where: str = "image") -> None:
+  """Raises RecordError naming `where` unless the size is within the limits."""
+  if min(width, height) < MIN_IMAGE_SIDE:
+    raise RecordError(f"{where}: {width}x{height} pixels, too small (both "
+                      f"sides must be at least schemas.MIN_IMAGE_SIDE="
+                      f"{MIN_IMAGE_SIDE} px)")
+  if width * height > MAX_IMAGE_PIXELS:
+    raise RecordError(f"{where}: {width}x{height} pixels "
+                      f"({width * height / 1e6:.1f} megapixels), too large "
+                      f"(at most schemas.MAX_IMAGE_PIXELS="
+                      f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels); downscale it")
+
+
 def decode_image(data: bytes, where: str = "image", mode: str = "RGB") -> np.ndarray:
-  """Decodes PNG/JPEG bytes to uint8 (mode "RGB": HxWx3, "L": HxW)."""
+  """Decodes PNG/JPEG bytes to uint8 (mode "RGB": HxWx3, "L": HxW).
+
+  The one place images are decoded. Raises RecordError naming `where` for
+  broken data and for sizes outside MIN_IMAGE_SIDE / MAX_IMAGE_PIXELS (read
+  from the header, before decoding); 16-bit images are scaled to 8 bits.
+  """
   try:
-    with Image.open(io.BytesIO(data)) as im:
-      return np.asarray(im.convert(mode))
+    with Image.open(io.BytesIO(data)) as im:  # reads the header only
+      _check_size(*im.size, where)
+      return np.asarray(_to_8bit(im).convert(mode))
+  except RecordError:
+    raise
   except Exception as e:  # PIL raises several types for broken data.
     raise RecordError(f"cannot decode {where}: {type(e).__name__}: {e}") from e

@@ -11,7 +11,9 @@ past the configured corrupt fraction (see `pipelines`).
 
 Sources:
 * `ArrayRecordSource`: a directory written by `writer.write_split` (or by
-  `pippo-data synth`); shard counts come from `index.json`, shards open lazily.
+  `pippo-data synth`); shard counts come from `index.json`, shards open lazily
+  after `writer.check_shard` (a missing or truncated shard makes its records
+  unreadable, with a message naming the file and both sizes).
 * `TfdsSource`: a split of a tfds dataset built by `tfds_builders`, read with
   `tfds.data_source` (no TensorFlow); records are the same bytes.
 * `IndexSynthesizedSource`: 10^9 (or any number of) image records made up from
@@ -37,21 +39,23 @@ class ArrayRecordSource:
   def __init__(self, directory: str, split: str = "train"):
     index = writer.read_index(directory)
     if split not in index["splits"]:
-      raise ValueError(f"{directory} has no split {split!r}; splits: "
-                       f"{sorted(index['splits'])}")
+      raise writer.DatasetError(f"{directory} has no split {split!r}; splits: "
+                                f"{sorted(index['splits'])}")
     entry = index["splits"][split]
     self.directory, self.split, self.kind = directory, split, index["kind"]
     self.complete = entry["complete"]
     shards = sorted(entry["shards"], key=lambda s: s["start"])
+    self._shards = {s["file"]: s for s in shards}
     self._files = [s["file"] for s in shards]
     self._starts = [s["start"] for s in shards]
     self._counts = [s["count"] for s in shards]
     expected = 0
     for s in shards:
       if s["start"] != expected:
-        raise ValueError(f"{directory} split {split!r}: shards are not "
-                         f"contiguous at record {expected} (missing shard? an "
-                         "interrupted writer can be resumed by re-running it)")
+        raise writer.DatasetError(
+            f"{directory} split {split!r}: shards are not contiguous at "
+            f"record {expected} (missing shard? an interrupted writer can be "
+            "resumed by re-running it)")
       expected += s["count"]
     self._len = expected
     self._readers = {}
@@ -71,15 +75,19 @@ class ArrayRecordSource:
   def _reader(self, name: str):
     with self._lock:
       if name in self._failed:
-        raise RuntimeError(self._failed[name])
+        raise writer.DatasetError(self._failed[name])
       if name not in self._readers:
+        problem = writer.check_shard(self.directory, self._shards[name])
+        if problem is not None:
+          self._failed[name] = f"{problem}; {writer.REWRITE_HINT}"
+          raise writer.DatasetError(self._failed[name])
         path = os.path.join(self.directory, name)
         try:
           self._readers[name] = array_record_module.ArrayRecordReader(
               path, "readahead_buffer_size:0")
         except Exception as e:  # pylint: disable=broad-except
-          self._failed[name] = f"shard does not open: {e}"
-          raise RuntimeError(self._failed[name]) from e
+          self._failed[name] = f"shard {path} does not open: {e}"
+          raise writer.DatasetError(self._failed[name]) from e
       return self._readers[name]
 
   def __getitem__(self, index: int) -> dict:

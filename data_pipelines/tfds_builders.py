@@ -16,11 +16,13 @@ with `tfds.data_source` (no TensorFlow needed for either)::
   pass `config=SyntheticStudioConfig(name=..., subjects=...)` for others).
 * `PippoImageFolder`: image records from a folder of photos, one sub-folder
   per split (`DIR/train/*.jpg`, or photos directly in `DIR` for "train"),
+  built with `config=image_folder_config(DIR)` (config named after DIR),
   with optional `metadata.jsonl` lines `{"file": "train/a.jpg",
   "person_box": [x, y, w, h], "detection_confidence": .9, "visibility": 1,
   "quality": .8, "face_box": [...]}`. Missing fields: the person box is the
-  whole image, scores are 1 and there is no face box. Unreadable photos are
-  logged with their path and skipped.
+  whole image, scores are 1 and there is no face box. Photos that do not
+  decode or lie outside `schemas.decode_image`'s size limits are logged with
+  their path and skipped; 16-bit photos are stored scaled to 8 bits.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import io
 import json
 import logging
 import os
+import re
 
 from etils import epath
 import numpy as np
@@ -122,14 +125,26 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
   folder: str = ""
 
 
+def image_folder_config(folder: str, name: str = "") -> ImageFolderConfig:
+  """The config of `folder`, named `name` or else after the folder.
+
+  The name is the tfds config name: read the result as
+  `pippo_image_folder/<name>`; another folder of the same name needs another
+  name (or data dir), tfds reuses a prepared one.
+  """
+  name = name or re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(
+      os.path.normpath(folder))).strip("_.") or "photos"
+  return ImageFolderConfig(name=name, folder=folder)
+
+
 def _photo_record(path: str, rel: str, split: str, meta: dict) -> dict:
   with open(path, "rb") as f:
     data = f.read()
-  with Image.open(io.BytesIO(data)) as im:  # header + full decode check
-    im.load()
-    width, height = im.size
+  image = schemas.decode_image(data, rel)  # full decode and size check
+  height, width = image.shape[:2]
+  with Image.open(io.BytesIO(data)) as im:
     if im.format not in ("JPEG", "PNG") or im.mode not in ("RGB", "L", "RGBA", "P"):
-      data = schemas.encode_image(np.asarray(im.convert("RGB")), "png")
+      data = schemas.encode_image(image, "png")  # e.g. 16-bit: stored as 8-bit
   return {"image_id": rel, "subject_id": int(meta.get("subject_id", -1)),
           "split": split, "image": data, "height": height, "width": width,
           "person_box": meta.get("person_box", [0, 0, width, height]),
@@ -144,7 +159,7 @@ class PippoImageFolder(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   code_path = _ThisFile()
-  BUILDER_CONFIGS = [ImageFolderConfig(name="default")]
+  # No built-in config: every config names a folder (`image_folder_config`).
 
   def _info(self):
     return tfds.core.DatasetInfo(
@@ -152,10 +167,9 @@ class PippoImageFolder(tfds.core.GeneratorBasedBuilder):
         metadata=tfds.core.MetadataDict(record_kind="image"))
 
   def _folder(self):
-    folder = self.builder_config.folder
+    folder = getattr(self.builder_config, "folder", "")
     if not folder:
-      raise ValueError("PippoImageFolder needs config=ImageFolderConfig("
-                       "name=..., folder=DIR)")
+      raise ValueError("PippoImageFolder needs config=image_folder_config(DIR)")
     if not os.path.isdir(folder):
       raise FileNotFoundError(f"image folder {folder!r} does not exist")
     return folder
@@ -187,8 +201,7 @@ class PippoImageFolder(tfds.core.GeneratorBasedBuilder):
         rec = _photo_record(os.path.join(folder, rel), rel, split,
                             meta.get(rel, {}))
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning("skipping unreadable photo %s: %s",
-                        os.path.join(folder, rel), e)
+        logging.warning("skipping photo %s: %s", os.path.join(folder, rel), e)
         continue
       yield rel, {"record": schemas.encode_image_record(rec), "id": rel,
                   "subject_id": rec["subject_id"]}

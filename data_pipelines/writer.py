@@ -12,6 +12,11 @@ written to a temporary file and renamed when complete; the index is rewritten
 atomically after every shard. Re-running the same job therefore skips the
 finished shards and redoes at most one: records are a pure function of their
 index, so a resumed run writes the same bytes as an uninterrupted one.
+
+Readers check what they rely on and name the file at fault: `read_index` a
+missing or damaged `index.json`, `check_shard` a listed shard whose file is
+missing or has another size than the index lists (e.g. a copy cut short).
+Re-running the writer rewrites such shards.
 """
 from __future__ import annotations
 
@@ -27,6 +32,15 @@ INDEX_FILE = "index.json"
 FORMAT = "pippo-records"
 # group_size:1 keeps every record individually addressable (random access).
 WRITER_OPTIONS = "group_size:1"
+REWRITE_HINT = ("re-run the command that wrote the dataset (e.g. the same "
+                "`pippo-data synth`); it rewrites what is missing or damaged")
+
+
+class DatasetError(OSError):
+  """A dataset directory that cannot be used as it is: a damaged index, a
+  missing or truncated shard, other settings than the ones asked for. An
+  OSError like the missing file it often is; the message names the file and
+  what to do."""
 
 
 def shard_name(split: str, shard: int, num_shards: int) -> str:
@@ -34,16 +48,45 @@ def shard_name(split: str, shard: int, num_shards: int) -> str:
 
 
 def read_index(directory: str) -> dict[str, Any]:
+  """The index of a dataset directory (FileNotFoundError if it has none,
+  DatasetError if it is damaged; both name the file)."""
   path = os.path.join(directory, INDEX_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(
         f"{path} not found: not a pippo dataset directory (write one with "
         "`pippo-data synth --out DIR` or a tfds builder)")
-  with open(path) as f:
-    index = json.load(f)
-  if index.get("format") != FORMAT:
-    raise ValueError(f"{path}: unknown format {index.get('format')!r}")
+  try:
+    with open(path) as f:
+      index = json.load(f)
+  except (OSError, ValueError) as e:  # ValueError: JSON and UTF-8 errors
+    raise DatasetError(
+        f"{path} is damaged ({type(e).__name__}: {e}); delete it and "
+        f"{REWRITE_HINT}") from e
+  if not isinstance(index, dict) or index.get("format") != FORMAT or not {
+      "kind", "splits"} <= index.keys():
+    raise DatasetError(f"{path} is not a {FORMAT} index (written by "
+                       "`data_pipelines.writer`): is this the dataset "
+                       "directory?")
   return index
+
+
+def check_shard(directory: str, shard: dict[str, Any]) -> str | None:
+  """What is wrong with the file of an index entry's shard; None if nothing.
+
+  A shard is good when its file exists and has the size the index lists; this
+  costs one `stat` and catches missing files and copies cut short before the
+  ArrayRecord reader sees them.
+  """
+  path = os.path.join(directory, shard["file"])
+  if not os.path.isfile(path):
+    return f"{path}: missing (listed in {INDEX_FILE})"
+  size, listed = os.path.getsize(path), shard["bytes"]
+  if size < listed:
+    return (f"{path}: truncated, {size} bytes on disk but {INDEX_FILE} lists "
+            f"{listed}")
+  if size > listed:
+    return f"{path}: {size} bytes on disk but {INDEX_FILE} lists {listed}"
+  return None
 
 
 def _write_index(directory: str, index: dict[str, Any]) -> None:
@@ -101,22 +144,22 @@ def write_split(directory: str, split: str, kind: str, num_records: int,
   except FileNotFoundError:
     index = {"format": FORMAT, "version": 1, "kind": kind, "splits": {}}
   if index["kind"] != kind:
-    raise ValueError(f"{directory} holds {index['kind']} records, not {kind}")
+    raise DatasetError(f"{directory} holds {index['kind']} records, not {kind}")
   num_shards = max(1, -(-num_records // records_per_shard))
   settings = {"num_records": num_records, "num_shards": num_shards,
               "records_per_shard": records_per_shard, "meta": meta or {}}
   entry = index["splits"].get(split)
   if entry is not None and entry["settings"] != settings:
-    raise ValueError(
+    raise DatasetError(
         f"{directory} split {split!r} was written with other settings "
         f"({entry['settings']}); use a new directory or delete it")
   if entry is None:
     entry = {"settings": settings, "shards": [], "num_records": 0,
              "complete": False}
     index["splits"][split] = entry
-  # Forget shards whose files vanished; they are rewritten below.
+  # Forget shards whose files vanished or were damaged; they are rewritten.
   entry["shards"] = [s for s in entry["shards"]
-                     if os.path.exists(os.path.join(directory, s["file"]))]
+                     if check_shard(directory, s) is None]
   done_files = {s["file"] for s in entry["shards"]}
   written = entry["num_records"] = sum(s["count"] for s in entry["shards"])
   for shard in range(num_shards):

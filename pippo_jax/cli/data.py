@@ -9,19 +9,31 @@
   pippo-data preview DIR/captures --stage p3 --out grid.png
                                          a picture of what the pipeline yields
   pippo-data tfds-build --builder synthetic_studio --config captures --data-dir D
+  pippo-data tfds-build --builder image_folder --folder PHOTOS --data-dir D
                                          the same records through tfds
+
+Paths are resolved once, here (`~` expanded, made absolute); an output that
+cannot be written fails before any work. Errors print one line and exit
+non-zero (see `pippo_jax.cli.common`); `inspect` exits 1 when a shard is
+missing or damaged.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import os
 import sys
 
 import numpy as np
 
+from pippo_jax import paths
+
+PROG = "pippo-data"
+
 
 def _synth(args):
   from data_pipelines import synthetic_studio  # pylint: disable=g-import-not-at-top
+  paths.writable_dir(args.out, "--out")
   settings = synthetic_studio.StudioSettings(
       seed=args.seed, subjects=args.subjects, cameras=args.cameras,
       resolution=args.resolution, moments=args.moments,
@@ -37,23 +49,34 @@ def _synth(args):
 
 
 def _inspect(args):
-  from data_pipelines import schemas, sources, writer  # pylint: disable=g-import-not-at-top
+  from data_pipelines import schemas, sources, transforms, writer  # pylint: disable=g-import-not-at-top
   index = writer.read_index(args.dir)
   print(f"{args.dir}: {index['kind']} records")
+  damaged = 0
   for split, entry in index["splits"].items():
     size = sum(s["bytes"] for s in entry["shards"])
-    state = "complete" if entry["complete"] else "INCOMPLETE (re-run the writer)"
+    problems = [p for p in (writer.check_shard(args.dir, s)
+                            for s in entry["shards"]) if p]
+    damaged += len(problems)
+    if problems:
+      state = (f"DAMAGED: {len(problems)} of {len(entry['shards'])} shards "
+               f"missing or of the wrong size; {writer.REWRITE_HINT}")
+    elif entry["complete"]:
+      state = "complete"
+    else:
+      state = "INCOMPLETE (re-run the writer)"
     print(f"  {split}: {entry['num_records']} records, {len(entry['shards'])} "
           f"shards, {size / 2**20:.1f} MiB, {state}")
+    for problem in problems:
+      print(f"    {problem}")
     print(f"    settings: {entry['settings']['meta']}")
   split = args.split or next(iter(index["splits"]))
   el = sources.ArrayRecordSource(args.dir, split)[0]
-  if "error" in el:
-    print(f"  first record {el['where']}: UNREADABLE: {el['error']}")
-    return
-  decode = (schemas.decode_capture if index["kind"] == "capture"
-            else schemas.decode_image_record)
-  rec = decode(el["bytes"], el["where"])
+  try:
+    rec = transforms.decode(el, index["kind"])
+  except schemas.RecordError as e:
+    print(f"  first record of {split}: UNREADABLE: {e}")
+    return 1
   print(f"  first record of {split} ({el['where']}, {len(el['bytes'])} bytes):")
   for key, value in rec.items():
     if isinstance(value, np.ndarray):
@@ -67,6 +90,7 @@ def _inspect(args):
     else:
       text = repr(value)
     print(f"    {key}: {text}")
+  return 1 if damaged else 0
 
 
 def _quantiles(values):
@@ -127,6 +151,7 @@ def _preview(args):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from data_pipelines import config, pipelines, writer  # pylint: disable=g-import-not-at-top
   absl.flags.FLAGS.mark_as_parsed()
+  paths.writable_dir(os.path.dirname(args.out), "the directory of --out")
   kind = writer.read_index(args.dir)["kind"]
   stage = args.stage or ("p1" if kind == "image" else "p3")
   cfg = config.default_data_config(stage, args.resolution, args.num_views)
@@ -156,6 +181,7 @@ def _preview(args):
 
 def _tfds_build(args):
   from data_pipelines import tfds_builders  # pylint: disable=g-import-not-at-top
+  paths.writable_dir(args.data_dir, "--data-dir")
   if args.builder == "synthetic_studio":
     kind = args.config or "captures"
     settings = dict(seed=args.seed, subjects=args.subjects, cameras=args.cameras,
@@ -171,8 +197,7 @@ def _tfds_build(args):
         config=config, data_dir=args.data_dir, file_format="array_record")
     config = builder.builder_config
   else:
-    config = tfds_builders.ImageFolderConfig(name=args.config or "default",
-                                             folder=args.folder)
+    config = tfds_builders.image_folder_config(args.folder, args.config)
     builder = tfds_builders.PippoImageFolder(
         config=config, data_dir=args.data_dir, file_format="array_record")
   builder.download_and_prepare()
@@ -187,7 +212,7 @@ def _parser():
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = p.add_subparsers(dest="command", required=True)
   s = sub.add_parser("synth", help="render the synthetic studio")
-  s.add_argument("--out", required=True)
+  s.add_argument("--out", required=True, type=paths.resolve)
   s.add_argument("--subjects", type=int, default=8)
   s.add_argument("--cameras", type=int, default=32)
   s.add_argument("--resolution", type=int, default=128)
@@ -199,19 +224,19 @@ def _parser():
   s.add_argument("--records-per-shard", type=int, default=256)
   s.add_argument("--kinds", default="captures,images")
   s.set_defaults(fn=_synth)
-  s = sub.add_parser("inspect", help="summarise a dataset directory")
-  s.add_argument("dir")
+  s = sub.add_parser("inspect", help="summarise and check a dataset directory")
+  s.add_argument("dir", type=paths.resolve)
   s.add_argument("--split", default="")
   s.set_defaults(fn=_inspect)
   s = sub.add_parser("stats", help="decode records and report statistics")
-  s.add_argument("dir")
+  s.add_argument("dir", type=paths.resolve)
   s.add_argument("--split", default="train")
   s.add_argument("--sample", type=int, default=200)
   s.add_argument("--all", action="store_true", help="read every record")
   s.set_defaults(fn=_stats)
   s = sub.add_parser("preview", help="write a picture of pipeline output")
-  s.add_argument("dir")
-  s.add_argument("--out", required=True)
+  s.add_argument("dir", type=paths.resolve)
+  s.add_argument("--out", required=True, type=paths.resolve)
   s.add_argument("--stage", choices=("p1", "m2", "p3"))
   s.add_argument("--split", default="train")
   s.add_argument("--resolution", type=int, default=128)
@@ -221,9 +246,12 @@ def _parser():
   s = sub.add_parser("tfds-build", help="build a tfds dataset (ArrayRecord)")
   s.add_argument("--builder", choices=("synthetic_studio", "image_folder"),
                  required=True)
-  s.add_argument("--data-dir", required=True)
-  s.add_argument("--config", default="", help="captures|images, or a name")
-  s.add_argument("--folder", default="", help="image_folder: photo folder")
+  s.add_argument("--data-dir", required=True, type=paths.resolve)
+  s.add_argument("--config", default="",
+                 help="synthetic_studio: captures|images; image_folder: the "
+                 "config name (default: the folder's name)")
+  s.add_argument("--folder", default="", type=paths.resolve,
+                 help="image_folder: photo folder")
   s.add_argument("--subjects", type=int, default=8)
   s.add_argument("--cameras", type=int, default=32)
   s.add_argument("--resolution", type=int, default=128)
@@ -233,9 +261,21 @@ def _parser():
 
 
 def main(argv=None):
-  args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-  args.fn(args)
-  return 0
+  parser = _parser()
+  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  if args.command == "tfds-build" and args.builder == "image_folder" and (
+      not args.folder):
+    parser.error("--builder image_folder needs --folder DIR")
+  try:
+    return args.fn(args) or 0
+  except Exception as e:  # pylint: disable=broad-except
+    # The user's errors (a missing or damaged dataset, a path that cannot be
+    # written, too many corrupt records) as one line, as in every pippo CLI.
+    # Imported only now: it loads jax, which these commands do not need.
+    from pippo_jax.cli import common  # pylint: disable=g-import-not-at-top
+    if not isinstance(e, common.USER_ERRORS):
+      raise
+    common.fail(PROG, str(e) or type(e).__name__, common.FAILED)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Helpers of the data tests (importable: pytest puts tests/data on sys.path)."""
 from data_pipelines import config
+from data_pipelines import sources
+from data_pipelines import writer
 
 
 def data_config(stage, path, resolution=32, num_views=3, **overrides):
@@ -9,3 +11,11 @@ def data_config(stage, path, resolution=32, num_views=3, **overrides):
   for key, value in overrides.items():
     setattr(cfg, key, value)
   return cfg
+
+
+def write_images(directory, num_records=6, records_per_shard=2):
+  """A small image dataset (32 px records made up from their index);
+  returns the split's index entry."""
+  src = sources.IndexSynthesizedSource(num_records)
+  return writer.write_split(str(directory), "train", "image", num_records,
+                            lambda i: src[i]["bytes"], records_per_shard)

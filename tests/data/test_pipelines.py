@@ -179,6 +179,8 @@ def test_corrupted_shards_are_survived_counted_and_logged(studio, tmp_path, capl
   assert counts["corrupt"] == len(bad)
   assert sorted(got) == sorted(set(range(len(src))) - set(bad))
   assert shards[-1]["file"] in caplog.text and "skipping corrupt record" in caplog.text
+  assert (f"{shards[-1]['file']}: truncated, 100 bytes on disk but index.json "
+          f"lists {shards[-1]['bytes']}") in caplog.text
 
 
 def test_too_many_corrupt_records_fail_clearly(studio, tmp_path):
@@ -189,23 +191,73 @@ def test_too_many_corrupt_records_fail_clearly(studio, tmp_path):
     _take(it, 100)
 
 
-def test_corrupt_image_inside_a_valid_record(tmp_path, studio):
+def test_corrupt_image_inside_a_valid_record(tmp_path, studio, caplog):
   src = sources.ArrayRecordSource(str(studio / "images"))
 
   def record(i):
     raw = src[i]["bytes"]
-    if i == 3:
+    if i in (3, 5):
       rec = schemas.decode_image_record(raw)
-      rec["image"] = rec["image"][:50]  # truncated PNG
+      rec["image"] = (rec["image"][:50] if i == 3  # truncated PNG
+                      else schemas.encode_image(np.zeros((1, 1, 3), np.uint8)))
       raw = schemas.encode_image_record(rec)
     return raw
 
   writer.write_split(str(tmp_path), "train", "image", 8, record, 4)
   cfg = _p1(studio, path=str(tmp_path), corrupt_threshold=0.5)
   it = pipelines.make_iterator(cfg, process_index=0, process_count=1, batch=False)
-  got = {int(next(it)["record_index"]) for _ in range(7)}
-  assert got == {0, 1, 2, 4, 5, 6, 7}
-  assert pipelines.skip_counts(it)["corrupt"] == 1
+  with caplog.at_level(logging.WARNING):
+    got = {int(next(it)["record_index"]) for _ in range(6)}
+  assert got == {0, 1, 2, 4, 6, 7}
+  assert pipelines.skip_counts(it)["corrupt"] == 2
+  assert ("image of train-00001-of-00002.array_record#1: 1x1 pixels, too "
+          "small (both sides must be at least schemas.MIN_IMAGE_SIDE=16 px)"
+          ) in caplog.text
+
+
+class _SomeCorrupt:
+  """32 px image records; those in `bad` are unreadable."""
+  kind = "image"
+
+  def __init__(self, n, bad):
+    self.records, self.bad = sources.IndexSynthesizedSource(n), set(bad)
+
+  def __len__(self):
+    return len(self.records)
+
+  def __getitem__(self, i):
+    if i in self.bad:
+      return {"record_index": i, "where": f"x#{i}", "error": "damaged"}
+    return self.records[i]
+
+
+@pytest.mark.parametrize("n, bad, process, processes, fails_at", [
+    # Large: 5 corrupt records first, no failure before 50 were read.
+    (1000, range(5), 0, 1, 50),
+    # Smaller than corrupt_min_records: checked once a whole epoch was read.
+    (3, [0], 0, 1, 3),
+    (5, [1], 1, 2, 2),  # process 1 of 2 reads records 1 and 3 per epoch
+])
+def test_corrupt_fraction_counts_after_min_records_or_one_epoch(
+    n, bad, process, processes, fails_at):
+  cfg = data_config("p1", "", shuffle=False, filters=NO_FILTERS,
+                    corrupt_threshold=0.01,
+                    corrupt_min_records=50 if n > 50 else 200)
+  it = pipelines.make_iterator(cfg, process_index=process,
+                               process_count=processes, batch=False,
+                               source=_SomeCorrupt(n, bad))
+  emitted = 0
+  with pytest.raises(pipelines.CorruptDataError) as e:
+    for _ in range(2 * n):
+      next(it)
+      emitted += 1
+  corrupt = len(bad)
+  assert pipelines.skip_counts(it)["seen"] == fails_at
+  assert emitted == fails_at - corrupt - 1  # the last one read was good
+  assert str(e.value).startswith(
+      f"{corrupt} of {fails_at} records read were corrupt "
+      f"({corrupt / fails_at:.1%} > data.corrupt_threshold=1.0%); last: "
+      f"x#{max(bad)}: x#{max(bad)}: unreadable record (damaged)")
 
 
 def test_config_errors_are_clear(studio):
