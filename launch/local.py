@@ -11,6 +11,8 @@ machine. Output lines are forwarded with a `[pI]` prefix. The launcher exits 0 w
 does; when one fails, the others are killed (a survivor would wait forever in a collective) and the
 launcher exits with the failing status. SIGTERM and SIGINT (Ctrl-C) to the launcher are sent on as
 SIGTERM to every process: pippo-train saves a checkpoint at a step all processes agree on and stops.
+Processes still running `--grace_s` seconds later (e.g. stuck in a collective whose peer died) are
+killed with SIGKILL, as they are at once on a second signal.
 """
 import argparse
 import os
@@ -56,13 +58,20 @@ def kill(proc: subprocess.Popen) -> None:
 
 
 def launch(train_args, num_processes: int, devices_per_process: int, port: int = 0,
-           python: str = sys.executable) -> int:
+           python: str = sys.executable, grace_s: float = 120.0) -> int:
   """Start the processes, wait for them; returns 0 or the first failing exit status."""
   coordinator = f"127.0.0.1:{port or free_port()}"
   env, lock = child_env(devices_per_process), threading.Lock()
-  procs, threads = [], []
+  procs, threads, relayed = [], [], []
 
-  def relay(*_):  # SIGTERM / Ctrl-C: every process saves a checkpoint and stops
+  def relay(signum, _):  # SIGTERM / Ctrl-C: every process saves a checkpoint and stops
+    if relayed:  # a second signal: stop now
+      print(f"[launch] second {signal.Signals(signum).name}: killing the processes",
+            file=sys.stderr, flush=True)
+      for proc in procs:
+        kill(proc)
+      return
+    relayed.append(time.monotonic())
     for proc in procs:
       if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -86,6 +95,11 @@ def launch(train_args, num_processes: int, devices_per_process: int, port: int =
         print(f"[launch] process {procs.index(failed[0])} exited with status {status}; "
               "killing the others", file=sys.stderr, flush=True)
         break
+      if relayed and time.monotonic() - relayed[0] > grace_s:
+        status = 128 + signal.SIGKILL
+        print(f"[launch] processes still running {grace_s:g} s after SIGTERM: killing them",
+              file=sys.stderr, flush=True)
+        break
       time.sleep(0.1)
   finally:
     for proc in procs:
@@ -101,10 +115,13 @@ def launch(train_args, num_processes: int, devices_per_process: int, port: int =
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], usage=(
-      "%(prog)s [--num_processes N] [--devices_per_process K] [--port P] -- PIPPO_TRAIN_ARGS..."))
+      "%(prog)s [--num_processes N] [--devices_per_process K] [--port P] [--grace_s S] -- "
+      "PIPPO_TRAIN_ARGS..."))
   parser.add_argument("--num_processes", type=int, default=2)
   parser.add_argument("--devices_per_process", type=int, default=1)
   parser.add_argument("--port", type=int, default=0, help="coordinator port (0: a free one)")
+  parser.add_argument("--grace_s", type=float, default=120.0, help="seconds the processes get to "
+                      "save and exit after SIGTERM / Ctrl-C before they are killed")
   parser.add_argument("train_args", nargs=argparse.REMAINDER,
                       help="arguments for pippo-train, after `--`")
   args = parser.parse_args(argv)
@@ -113,7 +130,8 @@ def main(argv=None) -> int:
     parser.error("--num_processes and --devices_per_process must be >= 1")
   if not train_args:
     parser.error("give the pippo-train arguments after `--` (at least --config and --workdir)")
-  return launch(train_args, args.num_processes, args.devices_per_process, args.port)
+  return launch(train_args, args.num_processes, args.devices_per_process, args.port,
+                grace_s=args.grace_s)
 
 
 if __name__ == "__main__":
