@@ -79,8 +79,9 @@ def guarded(program: str, body, *args):
     return body(*args)
   except (config_lib.ConfigError, app.UsageError) as e:
     fail(program, str(e), USAGE)
-  except KeyboardInterrupt:
-    fail(program, "interrupted", INTERRUPTED)
+  except KeyboardInterrupt as e:
+    print(f"{program}: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr, flush=True)
+    sys.exit(INTERRUPTED)
   except USER_ERRORS as e:
     logging.debug("%s failed", program, exc_info=True)
     fail(program, str(e) or type(e).__name__, FAILED)

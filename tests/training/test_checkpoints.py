@@ -9,7 +9,8 @@ import pytest
 
 import training_helpers as helpers
 from data_pipelines import pipelines
-from pippo_jax.training import loop
+from pippo_jax import config_lib
+from pippo_jax.training import checkpointing, loop
 
 STAGE = "m2_midtrain"  # camera-conditioned; compiles faster than P3 (no control branch)
 
@@ -105,3 +106,50 @@ def test_missing_dataset_is_refused_for_real_sizes(tmp_path):
   with pytest.raises(ValueError, match=r"data\.path is empty"):
     loop.train(config, str(tmp_path / "run"))
   assert not (tmp_path / "run" / "cache").exists()
+
+
+def test_a_damaged_newest_step_falls_back_to_the_newest_intact_one(studio, tmp_path, caplog):
+  """The newest step loses its `state` item: the run says so, resumes from the step before, sets
+  the damaged one aside (nothing deleted) and trains on; metrics.jsonl holds each step once."""
+  config = helpers.tiny_config(studio, stage=STAGE, data=8)
+  config.train.update(num_steps=4, log_every=1)
+  loop.train(config, str(tmp_path))
+  shutil.rmtree(tmp_path / "checkpoints" / "4" / "state")
+  config.train.num_steps = 6
+  with caplog.at_level("WARNING"):
+    loop.train(config, str(tmp_path))
+  warnings = "\n".join(r.getMessage() for r in caplog.records)
+  assert "checkpoint step 4 in" in warnings and "cannot be restored" in warnings
+  assert "resuming from step 2, the newest intact checkpoint" in warnings
+  assert (tmp_path / "checkpoints_damaged" / "4" / "data").is_dir()  # set aside, not deleted
+  assert checkpoint_steps(tmp_path) >= {2, 4, 6} and max(checkpoint_steps(tmp_path)) == 6
+  assert [m["step"] for m in helpers.read_metrics(tmp_path)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_no_restorable_step_is_an_error_and_moves_nothing(studio, tmp_path):
+  config = helpers.tiny_config(studio, stage=STAGE, data=8)
+  config.train.num_steps = 2
+  loop.train(config, str(tmp_path))
+  for step in checkpoint_steps(tmp_path):
+    shutil.rmtree(tmp_path / "checkpoints" / str(step) / "state")
+  config.train.num_steps = 4
+  with pytest.raises(checkpointing.CheckpointError, match="no checkpoint in .* can be restored"):
+    loop.train(config, str(tmp_path))
+  assert not (tmp_path / "checkpoints_damaged").exists()
+
+
+def test_ema_can_be_turned_on_for_a_running_workdir_but_not_silently_off(studio, tmp_path):
+  config = helpers.tiny_config(studio, stage=STAGE, data=8)
+  config.train.num_steps = 2
+  loop.train(config, str(tmp_path))
+  config.train.update(num_steps=4, ema_decay=0.5)
+  loop.train(config, str(tmp_path))
+  state, step, _, _ = helpers.restore(tmp_path, config, data=8)
+  assert step == 4 and state.ema_params is not None
+  ema = jax.tree.leaves(state.ema_params)
+  assert any(not np.array_equal(e, p) for e, p in zip(ema, jax.tree.leaves(state.params)))
+  config.train.update(num_steps=6, ema_decay=0.0)
+  with pytest.raises(config_lib.ConfigError, match=r"train\.ema_decay=0, but the checkpoint at "
+                     r"step 4 .* keeps EMA parameters \(train\.ema_decay=0\.5\): pass "
+                     r"--config\.train\.ema_decay=0\.5"):
+    loop.train(config, str(tmp_path))

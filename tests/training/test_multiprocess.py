@@ -1,4 +1,5 @@
-"""Two processes over loopback (2 fake CPU devices each, one 4-device mesh) train like one process.
+"""Two processes over loopback (2 fake CPU devices each, one 4-device mesh) train like one process,
+with every periodic action on (logging, checkpoints, sample grids).
 
 The runs go through `launch/local.py` and `pippo-train` exactly as a user starts them. The
 one-process reference has 4 devices, the same config, data and global batch size.
@@ -22,6 +23,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from configs import p3_posttrain
 from data_pipelines import pipelines
@@ -30,8 +32,9 @@ import training_helpers as helpers
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NUM_STEPS, CHECKPOINT_EVERY = 8, 4
+# Every periodic action is on: logging (every step), checkpoints and sample grids.
 TRAIN_ARGS = helpers.train_cli_args(batch_size=4, num_steps=NUM_STEPS,
-                                     checkpoint_every=CHECKPOINT_EVERY)
+                                     checkpoint_every=CHECKPOINT_EVERY, sample_every=4)
 TIMEOUT = 300
 
 pytestmark = pytest.mark.slow
@@ -161,6 +164,12 @@ def test_two_processes_train_like_one(studio, tmp_path, tmp_path_factory):
   assert len((ref_dir / "metrics.jsonl").read_text().splitlines()) == NUM_STEPS
   # Only process 0 writes metrics; the restart goes on after the step saved at SIGTERM.
   assert len((mp_dir / "metrics.jsonl").read_text().splitlines()) == NUM_STEPS
+
+  for workdir in (ref_dir, mp_dir):  # grids of 2 sample rows from every process
+    for step in (4, NUM_STEPS):
+      grid = np.asarray(Image.open(workdir / "samples" / f"step_{step:07d}.png"))
+      rows = 2 * (2 if workdir == mp_dir else 1)
+      assert grid.shape == (rows * 64 + (rows - 1) * 4, 5 * 64 + 8, 3)
 
   ref_losses, mp_losses = losses(ref_dir), losses(mp_dir)
   assert sorted(mp_losses) == sorted(ref_losses) == list(range(1, NUM_STEPS + 1))

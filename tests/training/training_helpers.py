@@ -53,15 +53,17 @@ def tiny_config(data_path: str, *, batch_size: int = 8, stage: str = "p3_posttra
   return config
 
 
-def train_cli_args(*, batch_size: int, num_steps: int, checkpoint_every: int) -> list[str]:
+def train_cli_args(*, batch_size: int, num_steps: int, checkpoint_every: int,
+                   sample_every: int = 0) -> list[str]:
   """pippo-train flags for the tiny P3 model of `tiny_config` on a (data 2, tensor 2) mesh,
-  logging every step, no sample grids."""
+  logging every step, sample grids (4 DDIM steps) every `sample_every` steps (0: none)."""
   return [
       "--config=configs/p3_posttrain.py:size=smoke,views=2", f"--config.batch_size={batch_size}",
       *(f"--config.model.{k}={v}" for k, v in TINY_MODEL.items()),
       "--config.train.mesh.data=2", "--config.train.mesh.tensor=2",
       f"--config.train.num_steps={num_steps}", f"--config.train.checkpoint_every={checkpoint_every}",
-      "--config.train.log_every=1", "--config.train.sample_every=0",
+      "--config.train.log_every=1", f"--config.train.sample_every={sample_every}",
+      "--config.train.sample_steps=4",
       "--config.train.peak_flops=1e12",  # skip the matmul benchmark
       "--config.optimizer.warmup_steps=0",  # full-size updates: a mismatch shows in the parameters
   ]
