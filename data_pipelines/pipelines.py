@@ -35,13 +35,10 @@ import numpy as np
 
 from data_pipelines import sources
 from data_pipelines import transforms
+from pippo_jax.errors import CorruptDataError
 
 _KINDS = {"image": "image", "multiview": "capture"}
 _LOG_FIRST = 20
-
-
-class CorruptDataError(RuntimeError):
-  """Too many corrupt records (or nothing left after filtering)."""
 
 
 class _Example:

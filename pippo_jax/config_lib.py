@@ -7,6 +7,7 @@ everything a user may turn is a key, and `validate` checks the combination at co
 import ml_collections
 
 from data_pipelines.config import default_data_config
+from pippo_jax.errors import ConfigError
 from pippo_jax.models import attention
 
 # width, depth, heads, camera-MLP hidden size. The smoke size keeps the full model's head dim of 64
@@ -23,10 +24,6 @@ REMAT_POLICIES = ("none", "nothing_saveable", "everything_saveable", "dots_savea
                   "dots_with_no_batch_dims_saveable")
 DTYPES = ("float32", "bfloat16")
 DECAYS = ("constant", "cosine", "linear")
-
-
-class ConfigError(ValueError):
-  """A config key has a bad value, or keys do not fit together; the message names them."""
 
 
 def parse_variant(arg: str | None, **defaults) -> ml_collections.ConfigDict:

@@ -12,17 +12,14 @@ import sys
 
 from absl import app, flags, logging
 
-from data_pipelines.pipelines import CorruptDataError
-from pippo_jax import config_lib
-from pippo_jax.training.checkpointing import CheckpointError
-from pippo_jax.training.run_lock import WorkdirBusyError
+from pippo_jax import errors
 
 USAGE, FAILED, INTERRUPTED = 2, 1, 130
 HELP_FLAGS = ("-h", "--help", "-help", "--helpshort")
 # Errors that are the user's to fix (a file, a path, a busy workdir, bad data, a diverged run):
 # one line, exit 1.
-USER_ERRORS = (OSError, ImportError, FloatingPointError, WorkdirBusyError, CorruptDataError,
-               CheckpointError)
+USER_ERRORS = (OSError, ImportError, FloatingPointError, errors.CheckpointError,
+               errors.CorruptDataError, errors.WorkdirBusyError)
 
 
 def _override_arg(argv, key: str) -> str:
@@ -52,6 +49,14 @@ def usage_message(error: BaseException, argv) -> str:
   return text.splitlines()[0] if text else type(error).__name__
 
 
+def absl_logging() -> None:
+  """absl logging at INFO through its own handler, absl flags marked parsed (Grain reads them): what
+  `absl.app.run` would set up."""
+  flags.FLAGS.mark_as_parsed()
+  logging.use_absl_handler()
+  logging.set_verbosity(logging.INFO)
+
+
 def fail(program: str, message: str, code: int) -> None:
   print(f"{program}: error: {message}", file=sys.stderr, flush=True)
   sys.exit(code)
@@ -77,7 +82,7 @@ def guarded(program: str, body, *args):
   """`body(*args)`, its errors as one line and an exit code (see the module docstring)."""
   try:
     return body(*args)
-  except (config_lib.ConfigError, app.UsageError) as e:
+  except (app.UsageError, errors.ConfigError) as e:
     fail(program, str(e), USAGE)
   except KeyboardInterrupt as e:
     print(f"{program}: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr, flush=True)
@@ -89,9 +94,10 @@ def guarded(program: str, body, *args):
 
 def config_value(program: str, config_flag):
   """A config flag's value, validated; a config file that cannot be loaded is a usage error."""
+  from pippo_jax import config_lib  # pylint: disable=g-import-not-at-top
   try:  # ml_collections loads the file lazily: a missing one raises OSError on first use
     return None if config_flag.value is None else config_lib.validate(config_flag.value)
   except OSError as e:
     fail(program, " ".join(str(e).split()), USAGE)
-  except config_lib.ConfigError as e:
+  except errors.ConfigError as e:
     fail(program, str(e), USAGE)

@@ -12,8 +12,8 @@ as the release's trainer writes it, {"model": ...}, or under "state_dict"; "modu
 containers and never runs code from the file (anything else is refused); it needs
 `pip install 'pippo_jax[torch]'`. The release's unused cross-attention weights (`cond_attn_*`,
 `k_cond_norm`) and noise-schedule buffers are dropped with a note; missing or unknown keys and
-wrong shapes are refused with the list. DIR becomes an orbax checkpoint (params + config, see
-`pippo_jax.interop.checkpoint_io`) that training and sampling start from.
+wrong shapes are refused with the list. DIR becomes a checkpoint root (DIR/checkpoints/0 with
+params + config, see `pippo_jax.checkpoints`) that training and sampling start from.
 
 --to: writes our checkpoint as a release-layout state_dict in safetensors, for the release's code:
 `model.load_state_dict(safetensors.torch.load_file(FILE), strict=False)` (strict=False is its own
@@ -28,9 +28,10 @@ import numpy as np
 from ml_collections import config_flags
 from safetensors.numpy import save_file
 
-from pippo_jax import paths
+from pippo_jax import checkpoints, paths
 from pippo_jax.cli import common
-from pippo_jax.interop import checkpoint_io, release_layout, torch_checkpoint
+from pippo_jax.interop import release_layout, torch_checkpoint
+from pippo_jax.models import params as params_lib
 from pippo_jax.models.config import ModelConfig
 
 PROGRAM = "pippo-convert"
@@ -53,12 +54,6 @@ def _define(fv: flags.FlagValues, argv: list[str]) -> None:
                                   flag_values=fv, lock_config=False, sys_argv=argv)
 
 
-def _count(tree) -> int:
-  if isinstance(tree, dict):
-    return sum(_count(v) for v in tree.values())
-  return int(np.size(tree))
-
-
 def from_torch(ckpt: str, config, out: str, key: str | None = None) -> None:
   """Release checkpoint file -> our orbax checkpoint directory `out`."""
   cfg = ModelConfig.from_config(config.model)
@@ -72,20 +67,20 @@ def from_torch(ckpt: str, config, out: str, key: str | None = None) -> None:
     print(f"dropped {len(dropped)} release tensors (cross-attention weights its forward pass "
           "never reads; noise-schedule buffers, recomputed from the config): "
           + torch_checkpoint.summarise_keys(dropped))
-  checkpoint_io.save_params(out, params, config)
-  print(f"wrote {out}: {len(state_dict) - len(dropped)} tensors, {_count(params):,} parameters "
+  checkpoints.write_params(out, params, config)
+  print(f"wrote {out}: {len(state_dict) - len(dropped)} tensors, {params_lib.count(params):,} parameters "
         f"(stage {config.get('stage', '?')}, width {cfg.width}, depth {cfg.depth})")
 
 
 def to_torch(directory: str, out: str, config=None) -> None:
   """Our checkpoint directory -> release-layout state_dict in the safetensors file `out`."""
-  params, saved = checkpoint_io.load_params(directory, config)
+  params, saved = checkpoints.read_params(directory, config)
   cfg = ModelConfig.from_config(saved["model"])
   state_dict = release_layout.params_to_release(params, cfg)
   save_file(state_dict, out, metadata={
       "format": "pt", "producer": "pippo_jax", "layout": "release Pippo.state_dict()",
       "stage": str(saved.get("stage", "")), "load_with": "load_state_dict(strict=False)"})
-  print(f"wrote {out}: {len(state_dict)} tensors, {_count(params):,} parameters in the release "
+  print(f"wrote {out}: {len(state_dict)} tensors, {params_lib.count(params):,} parameters in the release "
         "layout (cond_attn_*, k_cond_norm, schedule.* not included)")
 
 

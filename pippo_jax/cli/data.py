@@ -1,5 +1,7 @@
 """pippo-data: build, inspect and preview datasets.
 
+  pippo-data COMMAND [FLAGS] [DIR]      `pippo-data COMMAND --help` lists its flags
+
   pippo-data synth --out DIR --subjects 64 --cameras 48 --resolution 128
       Synthetic studio: DIR/captures (multi-view) and DIR/images (P1).
       Resumable: re-running the same command finishes an interrupted job.
@@ -19,14 +21,16 @@ missing or damaged.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import os
 import sys
+import types
 
+from absl import flags
 import numpy as np
 
 from pippo_jax import paths
+from pippo_jax.cli import common
 
 PROG = "pippo-data"
 
@@ -147,10 +151,9 @@ def _stats(args):
 
 
 def _preview(args):
-  import absl.flags  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from data_pipelines import config, pipelines, writer  # pylint: disable=g-import-not-at-top
-  absl.flags.FLAGS.mark_as_parsed()
+  flags.FLAGS.mark_as_parsed()
   paths.writable_dir(os.path.dirname(args.out), "the directory of --out")
   kind = writer.read_index(args.dir)["kind"]
   stage = args.stage or ("p1" if kind == "image" else "p3")
@@ -207,75 +210,99 @@ def _tfds_build(args):
         f"'{builder.name}/{config.name}', data.tfds_data_dir='{args.data_dir}'")
 
 
-def _parser():
-  p = argparse.ArgumentParser(prog="pippo-data", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  sub = p.add_subparsers(dest="command", required=True)
-  s = sub.add_parser("synth", help="render the synthetic studio")
-  s.add_argument("--out", required=True, type=paths.resolve)
-  s.add_argument("--subjects", type=int, default=8)
-  s.add_argument("--cameras", type=int, default=32)
-  s.add_argument("--resolution", type=int, default=128)
-  s.add_argument("--moments", type=int, default=1, help="captures per subject")
-  s.add_argument("--images-per-subject", type=int, default=16)
-  s.add_argument("--test-fraction", type=float, default=0.125)
-  s.add_argument("--seed", type=int, default=0)
-  s.add_argument("--format", default="png", choices=("png", "jpeg"))
-  s.add_argument("--records-per-shard", type=int, default=256)
-  s.add_argument("--kinds", default="captures,images")
-  s.set_defaults(fn=_synth)
-  s = sub.add_parser("inspect", help="summarise and check a dataset directory")
-  s.add_argument("dir", type=paths.resolve)
-  s.add_argument("--split", default="")
-  s.set_defaults(fn=_inspect)
-  s = sub.add_parser("stats", help="decode records and report statistics")
-  s.add_argument("dir", type=paths.resolve)
-  s.add_argument("--split", default="train")
-  s.add_argument("--sample", type=int, default=200)
-  s.add_argument("--all", action="store_true", help="read every record")
-  s.set_defaults(fn=_stats)
-  s = sub.add_parser("preview", help="write a picture of pipeline output")
-  s.add_argument("dir", type=paths.resolve)
-  s.add_argument("--out", required=True, type=paths.resolve)
-  s.add_argument("--stage", choices=("p1", "m2", "p3"))
-  s.add_argument("--split", default="train")
-  s.add_argument("--resolution", type=int, default=128)
-  s.add_argument("--num-views", type=int, default=4)
-  s.add_argument("--examples", type=int, default=3)
-  s.set_defaults(fn=_preview)
-  s = sub.add_parser("tfds-build", help="build a tfds dataset (ArrayRecord)")
-  s.add_argument("--builder", choices=("synthetic_studio", "image_folder"),
-                 required=True)
-  s.add_argument("--data-dir", required=True, type=paths.resolve)
-  s.add_argument("--config", default="",
-                 help="synthetic_studio: captures|images; image_folder: the "
-                 "config name (default: the folder's name)")
-  s.add_argument("--folder", default="", type=paths.resolve,
-                 help="image_folder: photo folder")
-  s.add_argument("--subjects", type=int, default=8)
-  s.add_argument("--cameras", type=int, default=32)
-  s.add_argument("--resolution", type=int, default=128)
-  s.add_argument("--seed", type=int, default=0)
-  s.set_defaults(fn=_tfds_build)
-  return p
+def _synth_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string("out", None, "Output directory (DIR/captures, DIR/images).",
+                      required=True, flag_values=fv)
+  flags.DEFINE_integer("subjects", 8, "Number of subjects.", flag_values=fv)
+  flags.DEFINE_integer("cameras", 32, "Cameras per capture.", flag_values=fv)
+  flags.DEFINE_integer("resolution", 128, "Image side in pixels.", flag_values=fv)
+  flags.DEFINE_integer("moments", 1, "Captures per subject.", flag_values=fv)
+  flags.DEFINE_integer("images-per-subject", 16, "P1 image records per subject.",
+                       flag_values=fv)
+  flags.DEFINE_float("test-fraction", 0.125, "Fraction of subjects in the test split.",
+                     flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "Random seed.", flag_values=fv)
+  flags.DEFINE_enum("format", "png", ("png", "jpeg"), "Image encoding.", flag_values=fv)
+  flags.DEFINE_integer("records-per-shard", 256, "Records per ArrayRecord shard.",
+                       flag_values=fv)
+  flags.DEFINE_string("kinds", "captures,images", "Datasets to write, comma-separated.",
+                      flag_values=fv)
 
 
-def main(argv=None):
-  parser = _parser()
-  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  if args.command == "tfds-build" and args.builder == "image_folder" and (
-      not args.folder):
-    parser.error("--builder image_folder needs --folder DIR")
-  try:
-    return args.fn(args) or 0
-  except Exception as e:  # pylint: disable=broad-except
-    # The user's errors (a missing or damaged dataset, a path that cannot be
-    # written, too many corrupt records) as one line, as in every pippo CLI.
-    # Imported only now: it loads jax, which these commands do not need.
-    from pippo_jax.cli import common  # pylint: disable=g-import-not-at-top
-    if not isinstance(e, common.USER_ERRORS):
-      raise
-    common.fail(PROG, str(e) or type(e).__name__, common.FAILED)
+def _inspect_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string("split", "", "Split whose first record is shown (default: the first).",
+                      flag_values=fv)
+
+
+def _stats_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string("split", "train", "Split to read.", flag_values=fv)
+  flags.DEFINE_integer("sample", 200, "Records to read, evenly spaced.", flag_values=fv)
+  flags.DEFINE_bool("all", False, "Read every record.", flag_values=fv)
+
+
+def _preview_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string("out", None, "Output image (.png).", required=True, flag_values=fv)
+  flags.DEFINE_enum("stage", None, ("p1", "m2", "p3"), "Pipeline stage (default: p1 for image "
+                    "records, p3 for captures).", flag_values=fv)
+  flags.DEFINE_string("split", "train", "Split to read.", flag_values=fv)
+  flags.DEFINE_integer("resolution", 128, "Image side in pixels.", flag_values=fv)
+  flags.DEFINE_integer("num-views", 4, "Views per example (multi-view stages).",
+                       flag_values=fv)
+  flags.DEFINE_integer("examples", 3, "Examples (rows) to draw.", flag_values=fv)
+
+
+def _tfds_build_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_enum("builder", None, ("synthetic_studio", "image_folder"), "tfds builder.",
+                    required=True, flag_values=fv)
+  flags.DEFINE_string("data-dir", None, "tfds data directory.", required=True, flag_values=fv)
+  flags.DEFINE_string("config", "", "synthetic_studio: captures|images; image_folder: the "
+                      "config name (default: the folder's name).", flag_values=fv)
+  flags.DEFINE_string("folder", "", "image_folder: photo folder.", flag_values=fv)
+  flags.DEFINE_integer("subjects", 8, "synthetic_studio: number of subjects.", flag_values=fv)
+  flags.DEFINE_integer("cameras", 32, "synthetic_studio: cameras per capture.", flag_values=fv)
+  flags.DEFINE_integer("resolution", 128, "synthetic_studio: image side in pixels.",
+                       flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "synthetic_studio: random seed.", flag_values=fv)
+
+
+# command: (run, define its flags, takes a DIR argument, what it does)
+COMMANDS = {
+    "synth": (_synth, _synth_flags, False, "render the synthetic studio (resumable)"),
+    "inspect": (_inspect, _inspect_flags, True, "summarise and check a dataset directory"),
+    "stats": (_stats, _stats_flags, True, "decode records and report statistics"),
+    "preview": (_preview, _preview_flags, True, "write a picture of pipeline output"),
+    "tfds-build": (_tfds_build, _tfds_build_flags, False, "build a tfds dataset (ArrayRecord)"),
+}
+PATH_FLAGS = ("out", "data_dir", "folder")
+
+
+def main(argv=None) -> int:
+  """Runs the CLI on `argv` (the arguments after the program name; default sys.argv[1:])."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if argv and argv[0] in common.HELP_FLAGS:
+    print(__doc__.rstrip())
+    return 0
+  if not argv or argv[0] not in COMMANDS:
+    problem = f"unknown command {argv[0]!r}" if argv else "no command given"
+    common.fail(PROG, f"{problem}; commands: {', '.join(COMMANDS)} (see --help)", common.USAGE)
+  command = argv[0]
+  run, define, takes_dir, summary = COMMANDS[command]
+  fv = flags.FlagValues()
+  define(fv)
+  usage = f"{PROG} {command} [FLAGS]" + (" DIR" if takes_dir else "")
+  rest = common.parse(PROG, [f"{PROG} {command}", *argv[1:]], fv, doc=f"{usage}\n  {summary}")
+  if len(rest) != takes_dir:
+    common.fail(PROG, f"{command} takes {'one DIR argument' if takes_dir else 'no arguments'} "
+                f"besides flags, got {len(rest)} (usage: {usage})", common.USAGE)
+  args = types.SimpleNamespace(
+      **{name.replace("-", "_"): value for name, value in fv.flag_values_dict().items()})
+  for name in PATH_FLAGS:
+    if hasattr(args, name):
+      setattr(args, name, paths.resolve(getattr(args, name)))
+  args.dir = paths.resolve(rest[0]) if takes_dir else None
+  if command == "tfds-build" and args.builder == "image_folder" and not args.folder:
+    common.fail(PROG, "--builder image_folder needs --folder DIR", common.USAGE)
+  return common.guarded(PROG, run, args) or 0
 
 
 if __name__ == "__main__":

@@ -4,36 +4,18 @@
 
 Shapes come from `jax.eval_shape`: nothing is allocated, so full-size configs are cheap to inspect.
 """
+import importlib
 import sys
 
 from absl import flags
-import flax.linen as nn
-import jax
-import numpy as np
 from ml_collections import config_flags
 
 from pippo_jax.cli import common
-from pippo_jax.models import flops
+from pippo_jax.models import flops, params as params_lib
 from pippo_jax.models.config import ModelConfig
-from pippo_jax.models.pippo import Pippo, dummy_inputs
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file[:variant].",
-                                          lock_config=False)
-_FULL = flags.DEFINE_bool("full", False, "Also print every parameter's shape.")
-_ALL = flags.DEFINE_bool("all", False, "Inspect the default variant of every stage config.")
 PROGRAM = "pippo-inspect"
 STAGE_CONFIGS = ("p1_pretrain", "m2_midtrain", "p3_posttrain")
-
-
-def param_shapes(cfg: ModelConfig) -> dict:
-  """Unboxed parameter ShapeDtypeStructs of the model, via jax.eval_shape."""
-  x_t, t, cond = dummy_inputs(cfg, batch=1)
-  variables = jax.eval_shape(Pippo(cfg).init, jax.random.key(0), x_t, t, cond)
-  return nn.unbox(variables["params"])
-
-
-def count(tree) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
 def human(n: float, unit: str = "") -> str:
@@ -46,21 +28,21 @@ def human(n: float, unit: str = "") -> str:
 def report(config, full: bool = False) -> str:
   """The text pippo-inspect prints for a resolved config."""
   cfg = ModelConfig.from_config(config.model)
-  shapes = param_shapes(cfg)
-  total = count(shapes)
+  shapes = params_lib.abstract(cfg)
+  total = params_lib.count(shapes)
   lines = [f"stage {config.stage}  variant {dict(config.variant)}",
            f"width {cfg.width}  depth {cfg.depth}  heads {cfg.num_heads}  image {cfg.image_size}px  "
            f"latent {cfg.latent_size}x{cfg.latent_size}x{cfg.latent_channels}  "
            f"views {cfg.num_views}+1", "",
            f"{'module':<16}{'params':>16}{'share':>9}"]
-  for name in sorted(shapes, key=lambda k: -count(shapes[k])):
-    c = count(shapes[name])
+  for name in sorted(shapes, key=lambda k: -params_lib.count(shapes[k])):
+    c = params_lib.count(shapes[name])
     lines.append(f"{name:<16}{c:>16,}{100 * c / total:>8.2f}%")
   lines.append(f"{'total':<16}{total:>16,}  ({total / 1e6:.2f}M)")
   if full:
     lines.append("")
-    for path, leaf in jax.tree_util.tree_leaves_with_path(shapes):
-      lines.append(f"  {jax.tree_util.keystr(path):<60} {str(tuple(leaf.shape)):>22}")
+    for path, leaf in params_lib.flat(shapes).items():
+      lines.append(f"  {path:<60} {str(tuple(leaf.shape)):>22}")
   b = config.batch_size
   fwd = flops.forward_flops(cfg, batch=b)
   lines += ["", f"tokens per step      {b * (cfg.num_views + 1) * cfg.tokens_per_view:,} "
@@ -71,23 +53,30 @@ def report(config, full: bool = False) -> str:
   return "\n".join(lines)
 
 
-def main(argv=None):
-  argv = list(sys.argv if argv is None else argv)
-  rest = common.parse(PROGRAM, argv, doc=__doc__, module=sys.modules[__name__])
+def main(argv=None) -> int:
+  argv = [PROGRAM] + list(sys.argv[1:] if argv is None else argv)
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "Stage config file[:variant]; override keys "
+                                  "with --config.KEY=VALUE.", flag_values=fv, lock_config=False,
+                                  sys_argv=argv)
+  flags.DEFINE_bool("full", False, "Also print every parameter's shape.", flag_values=fv)
+  flags.DEFINE_bool("all", False, "Inspect the default variant of every stage config.",
+                    flag_values=fv)
+  rest = common.parse(PROGRAM, argv, fv, doc=__doc__)
   if rest:
     common.fail(PROGRAM, f"unexpected arguments {rest}", common.USAGE)
-  if _ALL.value:
-    import importlib
+  if fv["all"].value:
     for name in STAGE_CONFIGS:
       print(f"=== configs/{name}.py")
-      print(report(importlib.import_module(f"configs.{name}").get_config(), _FULL.value) + "\n")
-    return
-  config = common.config_value(PROGRAM, _CONFIG)
+      print(report(importlib.import_module(f"configs.{name}").get_config(), fv["full"].value) + "\n")
+    return 0
+  config = common.config_value(PROGRAM, fv["config"])
   if config is None:
     common.fail(PROGRAM, "--config is required (e.g. --config configs/p3_posttrain.py:size=tiny), "
                 "or --all", common.USAGE)
-  print(report(config, _FULL.value))
+  print(report(config, fv["full"].value))
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -14,7 +14,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from pippo_jax.config_lib import ConfigError
+from pippo_jax.errors import ConfigError
 from pippo_jax.models import embeddings
 
 

@@ -25,16 +25,16 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from data_pipelines import pipelines
-from pippo_jax import config_lib, paths
-from pippo_jax.config_lib import ConfigError
+from pippo_jax import checkpoints, config_lib, paths
+from pippo_jax.errors import ConfigError
 from pippo_jax.diffusion import schedule as schedule_lib
 from pippo_jax.inference import sample as sample_lib
 from pippo_jax.models import codec as codec_lib
-from pippo_jax.models import flops
+from pippo_jax.models import flops, params as params_lib
 from pippo_jax.models.config import ModelConfig
 from pippo_jax.models.pippo import Pippo
 from pippo_jax.parallel import sharding
-from pippo_jax.training import checkpointing, run_lock, state as state_lib, step as step_lib
+from pippo_jax.training import run_lock, state as state_lib, step as step_lib
 from pippo_jax.training import transitions
 
 # Batch keys the step reads, by what the model is conditioned on.
@@ -170,7 +170,7 @@ def _train(config, workdir: str) -> dict:
     raise ConfigError(f"batch_size={config.batch_size} is not divisible by the "
                                  f"data-parallel mesh axes data x fsdp = {data_ways}")
   model = Pippo(cfg)
-  tx = state_lib.make_optimizer(config.optimizer, state_lib.abstract_params(model, cfg))
+  tx = state_lib.make_optimizer(config.optimizer, params_lib.abstract(cfg))
   ensure_dataset(config, workdir)
   codec = codec_lib.make_codec(config.codec)
   schedule = schedule_lib.cosine_schedule(config.diffusion.num_timesteps, config.diffusion.cosine_s,
@@ -180,9 +180,9 @@ def _train(config, workdir: str) -> dict:
   abstract_state = jax.eval_shape(lambda: state)
 
   data_iter = pipelines.make_iterator(config.data)
-  manager = checkpointing.make_manager(workdir, config.train.keep_checkpoints,
+  manager = checkpoints.make_manager(workdir, config.train.keep_checkpoints,
                                        config.train.checkpoint_every)
-  restored, start = checkpointing.restore_latest(manager, abstract_state, shardings, data_iter,
+  restored, start = checkpoints.restore_latest(manager, abstract_state, shardings, data_iter,
                                                  config)
   if restored is not None:
     state = restored
@@ -193,7 +193,8 @@ def _train(config, workdir: str) -> dict:
       manager.close()
       return {}
   elif config.train.init_from:
-    params, rows = transitions.merge(state.params, transitions.read_params(config.train.init_from))
+    params, rows = transitions.merge(state.params,
+                                     checkpoints.read_params(config.train.init_from)[0])
     state = state.replace(params=params)
     if jax.process_index() == 0:
       print(f"stage transition from {config.train.init_from}:\n{transitions.format_table(rows)}")
@@ -251,7 +252,7 @@ def _train(config, workdir: str) -> dict:
         log.write(step, last)
         window, window_start = [], time.perf_counter()
       received = stop.agreed()
-      checkpointing.save(manager, step, state, data_iter, config,
+      checkpoints.save(manager, step, state, data_iter, config,
                          force=received is not None or step == num_steps)
       if config.train.sample_every and (step % config.train.sample_every == 0 or step == num_steps):
         write_samples(workdir, writer, step, sampler, state, sample_batch, keys, batch_sh, mesh)

@@ -14,13 +14,11 @@ import socket
 import threading
 import time
 
+from pippo_jax.errors import WorkdirBusyError
+
 LOCK_FILE = "run.lock"
 HEARTBEAT_S = 30.0
 STALE_S = 300.0
-
-
-class WorkdirBusyError(RuntimeError):
-  """Another live run holds the workdir."""
 
 
 def _alive(pid: int) -> bool:

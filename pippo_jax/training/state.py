@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from pippo_jax.config_lib import ConfigError
+from pippo_jax.errors import ConfigError
+from pippo_jax.models import params as params_lib
 from pippo_jax.models.config import ModelConfig
 from pippo_jax.models.pippo import Pippo, dummy_inputs
 from pippo_jax.parallel import sharding
@@ -76,12 +77,6 @@ def make_optimizer(opt_cfg, param_shapes) -> optax.GradientTransformation:
   return tx
 
 
-def abstract_params(model, cfg: ModelConfig):
-  """Parameter ShapeDtypeStructs (unboxed), nothing allocated."""
-  x_t, t, cond = dummy_inputs(cfg, 1)
-  return nn.unbox(jax.eval_shape(model.init, jax.random.key(0), x_t, t, cond)["params"])
-
-
 def _init_state(model, tx, cfg: ModelConfig, key, use_ema: bool) -> TrainState:
   x_t, t, cond = dummy_inputs(cfg, 1)
   init_key, state_key = jax.random.split(key)
@@ -94,9 +89,7 @@ def _init_state(model, tx, cfg: ModelConfig, key, use_ema: bool) -> TrainState:
 
 def state_shardings(model, tx, cfg: ModelConfig, mesh, use_ema: bool):
   """(abstract TrainState, its NamedShardings) from the logical-axis rules."""
-  x_t, t, cond = dummy_inputs(cfg, 1)
-  boxed = jax.eval_shape(model.init, jax.random.key(0), x_t, t, cond)["params"]
-  param_sh = sharding.param_shardings(boxed, mesh)
+  param_sh = sharding.param_shardings(params_lib.abstract(cfg, boxed=True), mesh)
   abstract = jax.eval_shape(lambda k: _init_state(model, tx, cfg, k, use_ema), jax.random.key(0))
   replicated = NamedSharding(mesh, P())
   opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, param_sh,

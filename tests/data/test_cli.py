@@ -126,14 +126,41 @@ def test_a_damaged_dataset_is_one_line_and_exit_1(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, problem", [
-    (["inspect"], "the following arguments are required: dir"),
-    (["inspect", "d", "--bogus"], "unrecognized arguments: --bogus"),
-    (["synth", "--out"], "argument --out: expected one argument"),
-    (["stats", "d", "--sample", "many"], "argument --sample: invalid int value: 'many'"),
+    ([], "no command given; commands: synth, inspect, stats, preview, tfds-build"),
+    (["bogus"], "unknown command 'bogus'; commands: synth, inspect"),
+    (["inspect"], "inspect takes one DIR argument besides flags, got 0"),
+    (["inspect", "d", "--bogus"], "Unknown command line flag 'bogus'"),
+    (["synth"], "Flag --out must have a value other than None"),
+    (["synth", "--out"], "Missing value for flag --out"),
+    (["synth", "--out", "d", "extra"], "synth takes no arguments besides flags, got 1"),
+    (["stats", "d", "--sample", "many"], "flag --sample=many: invalid literal for int()"),
+    (["preview", "d", "--out", "p.png", "--stage", "p9"],
+     "flag --stage=p9: value should be one of <p1|m2|p3>"),
 ])
 def test_usage_errors_exit_2_naming_the_problem(args, problem, capsys):
   err = _fails(args, capsys, 2)
-  assert err.splitlines()[-1].endswith(f"error: {problem}")
+  assert len(err.splitlines()) == 1 and err.startswith("pippo-data: error: ")
+  assert problem in err
+
+
+def test_help_lists_the_commands_and_each_commands_flags(capsys):
+  assert cli.main(["--help"]) == 0
+  out = capsys.readouterr().out
+  for command in cli.COMMANDS:
+    assert f"pippo-data {command} " in out
+  with pytest.raises(SystemExit) as e:
+    cli.main(["synth", "--help"])
+  assert e.value.code == 0
+  out = capsys.readouterr().out
+  assert out.startswith("pippo-data synth [FLAGS]\n")
+  for flag in ("--out", "--images-per-subject", "--test-fraction", "--records-per-shard",
+               "--format: <png|jpeg>"):
+    assert flag in out
+  assert "--split" not in out  # only synth's own flags
+  with pytest.raises(SystemExit) as e:
+    cli.main(["inspect", "-h"])
+  assert e.value.code == 0
+  assert "--split: Split whose first record is shown" in capsys.readouterr().out
 
 
 def test_relative_and_home_paths_become_absolute(tmp_path, monkeypatch, capsys):

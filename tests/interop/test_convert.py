@@ -12,9 +12,11 @@ import safetensors.numpy
 import torch
 
 import golden_io
+from flax import traverse_util
+from pippo_jax import checkpoints
 from pippo_jax.cli import convert
-from pippo_jax.interop import checkpoint_io
 from pippo_jax.interop.release_layout import params_to_release, release_to_params
+from pippo_jax.models import params as params_lib
 from pippo_jax.models.config import ModelConfig
 from pippo_jax.models.pippo import Pippo, dummy_inputs
 
@@ -37,12 +39,10 @@ def stage_config(name: str):
 
 def random_params(cfg: ModelConfig, seed: int) -> dict:
   """Random (not zero-initialised) params of `Pippo(cfg)`, so that every weight shows in eps."""
-  rng, tree = np.random.default_rng(seed), {}
-  for path, shape in checkpoint_io.param_shapes(cfg).items():
-    *parents, leaf = path.split("/")
-    node = functools.reduce(lambda d, k: d.setdefault(k, {}), parents, tree)
-    node[leaf] = rng.normal(0.0, 0.05, shape).astype(np.float32)
-  return tree
+  rng = np.random.default_rng(seed)
+  return traverse_util.unflatten_dict(
+      {path: rng.normal(0.0, 0.05, leaf.shape).astype(np.float32)
+       for path, leaf in params_lib.flat(params_lib.abstract(cfg)).items()}, sep="/")
 
 
 def torch_tensors(state_dict: dict) -> dict:
@@ -122,7 +122,7 @@ def test_converted_release_checkpoint_reproduces_golden(kind, golden, tmp_path, 
     assert "unwrapped 'state_dict' (ignored entries ['epoch'])" in text
     assert "stripped prefix 'module.'" in text
 
-  params, saved = checkpoint_io.load_params(tmp_path / "ours")
+  params, saved = checkpoints.read_params(tmp_path / "ours")
   cfg = ModelConfig.from_config(saved["model"])
   assert cfg == golden["cfg"] and saved["stage"] == "p3"
   x_t, t, cond, noise = golden["inputs"]
@@ -154,7 +154,7 @@ def test_other_size_in_release_trainer_format(tmp_path, capsys):
   assert "unwrapped 'model' (ignored entries ['iteration', 'optimizer'])" in text
   assert "stripped prefix '_orig_mod.'" in text and "dropped" not in text
 
-  loaded, saved = checkpoint_io.load_params(tmp_path / "ours", config)
+  loaded, saved = checkpoints.read_params(tmp_path / "ours", config)
   tree_equal(loaded, params)
   x_t, t, cond = dummy_inputs(cfg, batch=1)
   rng = np.random.default_rng(3)
@@ -192,7 +192,7 @@ def test_reverse_conversion_writes_release_layout(golden, golden_ckpt, tmp_path,
   out = tmp_path / "pippo.safetensors"
   assert run("--to", "pippo-torch", "--from-checkpoint", golden_ckpt, "--out", out) == 0
   assert "80 tensors" in capsys.readouterr().out
-  params, saved = checkpoint_io.load_params(golden_ckpt)
+  params, saved = checkpoints.read_params(golden_ckpt)
   want = params_to_release(params, ModelConfig.from_config(saved["model"]))
   got = safetensors.numpy.load_file(out)
   assert set(got) == set(want)
@@ -206,14 +206,14 @@ def test_reverse_conversion_writes_release_layout(golden, golden_ckpt, tmp_path,
 
 
 def test_mismatching_config_names_the_keys(golden_ckpt, tmp_path, capsys):
-  _, saved = checkpoint_io.load_params(golden_ckpt)
+  _, saved = checkpoints.read_params(golden_ckpt)
   other = dict(saved, model=dict(saved["model"], width=128, depth=3, dtype="bfloat16"))
   with pytest.raises(ValueError, match=r"model\.depth \(checkpoint 2, given 3\), model\.width "
                                        r"\(checkpoint 64, given 128\)$"):
-    checkpoint_io.load_params(golden_ckpt, other)
+    checkpoints.read_params(golden_ckpt, other)
   runtime_only = dict(saved, model=dict(saved["model"], dtype="bfloat16",
                                         remat_policy="dots_saveable"))
-  checkpoint_io.load_params(golden_ckpt, runtime_only)  # compute settings may differ
+  checkpoints.read_params(golden_ckpt, runtime_only)  # compute settings may differ
   assert run("--to", "pippo-torch", "--from-checkpoint", golden_ckpt, "--config",
              f"{CONFIGS}/p3_posttrain.py:size=tiny,res=64",
              "--out", tmp_path / "x.safetensors") == 1

@@ -9,8 +9,8 @@ import pytest
 
 import training_helpers as helpers
 from data_pipelines import pipelines
-from pippo_jax import config_lib
-from pippo_jax.training import checkpointing, loop
+from pippo_jax import checkpoints, config_lib
+from pippo_jax.training import loop
 
 STAGE = "m2_midtrain"  # camera-conditioned; compiles faster than P3 (no control branch)
 
@@ -93,8 +93,8 @@ def test_checkpoint_of_another_model_config_is_refused(first_run):
   config = helpers.tiny_config(first_run[1].data.path, stage=STAGE, data=8)
   config.model.width = 48
   before = checkpoint_steps(workdir), helpers.read_metrics(workdir)
-  with pytest.raises(ValueError,
-                     match=r"incompatible config: model\.width \(checkpoint 32, run 48\)"):
+  with pytest.raises(config_lib.ConfigError, match=r"different model config; mismatching keys: "
+                     r"model\.width \(checkpoint 32, given 48\)"):
     loop.train(config, str(workdir))
   assert (checkpoint_steps(workdir), helpers.read_metrics(workdir)) == before
 
@@ -109,12 +109,12 @@ def test_missing_dataset_is_refused_for_real_sizes(tmp_path):
 
 
 def test_a_damaged_newest_step_falls_back_to_the_newest_intact_one(studio, tmp_path, caplog):
-  """The newest step loses its `state` item: the run says so, resumes from the step before, sets
+  """The newest step loses its `params` item: the run says so, resumes from the step before, sets
   the damaged one aside (nothing deleted) and trains on; metrics.jsonl holds each step once."""
   config = helpers.tiny_config(studio, stage=STAGE, data=8)
   config.train.update(num_steps=4, log_every=1)
   loop.train(config, str(tmp_path))
-  shutil.rmtree(tmp_path / "checkpoints" / "4" / "state")
+  shutil.rmtree(tmp_path / "checkpoints" / "4" / "params")
   config.train.num_steps = 6
   with caplog.at_level("WARNING"):
     loop.train(config, str(tmp_path))
@@ -131,9 +131,9 @@ def test_no_restorable_step_is_an_error_and_moves_nothing(studio, tmp_path):
   config.train.num_steps = 2
   loop.train(config, str(tmp_path))
   for step in checkpoint_steps(tmp_path):
-    shutil.rmtree(tmp_path / "checkpoints" / str(step) / "state")
+    shutil.rmtree(tmp_path / "checkpoints" / str(step) / "params")
   config.train.num_steps = 4
-  with pytest.raises(checkpointing.CheckpointError, match="no checkpoint in .* can be restored"):
+  with pytest.raises(checkpoints.CheckpointError, match="no checkpoint in .* can be restored"):
     loop.train(config, str(tmp_path))
   assert not (tmp_path / "checkpoints_damaged").exists()
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from data_pipelines import synthetic_studio
-from pippo_jax.interop import checkpoint_io
+from pippo_jax import checkpoints
 from pippo_jax.models.config import ModelConfig
 from pippo_jax.models.pippo import Pippo, dummy_inputs
 from pippo_jax.training import loop, transitions
@@ -80,9 +80,9 @@ def test_stage_transition_p1_to_m2_keeps_the_function(tmp_path):
   cond = jax.tree.map(lambda a: a + jax.random.normal(jax.random.key(1), a.shape), cond)
   params1 = nn.unbox(jax.jit(Pippo(cfg1).init)(jax.random.key(2), x_t, t, cond)["params"])
   params1 = jax.tree.map(lambda p: p + 0.05, params1)   # a "trained" P1 model
-  checkpoint_io.save_params(str(tmp_path / "p1"), params1, p1)
+  checkpoints.write_params(str(tmp_path / "p1"), params1, p1)
   params2 = nn.unbox(jax.jit(Pippo(cfg2).init)(jax.random.key(3), x_t, t, cond)["params"])
-  merged, rows = transitions.merge(params2, transitions.read_params(str(tmp_path / "p1")))
+  merged, rows = transitions.merge(params2, checkpoints.read_params(str(tmp_path / "p1"))[0])
   status = {name: s for name, s, _ in rows}
   assert status["generator/blocks/in_proj/kernel"] == "loaded"
   assert status["cam_mlp/out/kernel"] == "new" and status["null_cam"] == "new"

@@ -27,7 +27,7 @@ from PIL import Image
 
 from configs import p3_posttrain
 from data_pipelines import pipelines
-from pippo_jax.training import transitions
+from pippo_jax import checkpoints
 import training_helpers as helpers
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -112,7 +112,7 @@ def checkpoint_steps(workdir) -> list[int]:
 
 
 def max_param_diff(workdir_a, workdir_b) -> float:
-  a, b = transitions.read_params(str(workdir_a)), transitions.read_params(str(workdir_b))
+  a, b = checkpoints.read_params(str(workdir_a))[0], checkpoints.read_params(str(workdir_b))[0]
   assert jax.tree.structure(a) == jax.tree.structure(b)
   return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 

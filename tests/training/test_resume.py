@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from pippo_jax.training import transitions
+from pippo_jax import checkpoints
 import training_helpers as helpers
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -126,7 +126,7 @@ def assert_same_training(run: Run, ref: Run) -> float:
   np.testing.assert_allclose([ours[s] for s in sorted(ours)], [theirs[s] for s in sorted(theirs)],
                              rtol=1e-6, atol=0)
   assert run.checkpoints()[-1] == NUM_STEPS
-  a, b = transitions.read_params(str(run.workdir)), transitions.read_params(str(ref.workdir))
+  a, b = checkpoints.read_params(str(run.workdir))[0], checkpoints.read_params(str(ref.workdir))[0]
   assert jax.tree.structure(a) == jax.tree.structure(b)
   diff = max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
   assert diff <= 1e-6

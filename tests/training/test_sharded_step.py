@@ -8,6 +8,7 @@ import training_helpers as helpers
 from data_pipelines import pipelines
 from pippo_jax.diffusion import schedule as schedule_lib
 from pippo_jax.models import codec as codec_lib
+from pippo_jax.models import params as params_lib
 from pippo_jax.models.config import ModelConfig
 from pippo_jax.models.pippo import Pippo
 from pippo_jax.parallel import sharding
@@ -48,7 +49,7 @@ class Run:
     self.cfg = ModelConfig.from_config(config.model)
     self.model = Pippo(self.cfg)
     self.tx = state_lib.make_optimizer(config.optimizer,
-                                       state_lib.abstract_params(self.model, self.cfg))
+                                       params_lib.abstract(self.cfg))
     data = pipelines.make_iterator(config.data)
     keys = loop.step_keys(self.cfg, config.diffusion)
     self.batches = [{k: np.asarray(b[k]) for k in keys} for b in (next(data), next(data))]

@@ -8,10 +8,12 @@ from absl import flags
 
 from data_pipelines import pipelines
 from data_pipelines import synthetic_studio
+from pippo_jax.models import params as params_lib
 from pippo_jax.models.config import ModelConfig
 from pippo_jax.models.pippo import Pippo
 from pippo_jax.parallel import sharding
-from pippo_jax.training import checkpointing, state as state_lib
+from pippo_jax import checkpoints
+from pippo_jax.training import state as state_lib
 
 flags.FLAGS.mark_as_parsed()  # Grain reads absl flags.
 
@@ -74,15 +76,15 @@ def restore(workdir, config, **mesh_axes):
   the shardings of a (data, fsdp, tensor) mesh with `mesh_axes` (unnamed axes are 1)."""
   cfg = ModelConfig.from_config(config.model)
   model = Pippo(cfg)
-  tx = state_lib.make_optimizer(config.optimizer, state_lib.abstract_params(model, cfg))
+  tx = state_lib.make_optimizer(config.optimizer, params_lib.abstract(cfg))
   mesh = sharding.make_mesh(**mesh_axes)
   abstract, shardings = state_lib.state_shardings(model, tx, cfg, mesh,
                                                   use_ema=config.train.ema_decay > 0)
   data = pipelines.make_iterator(config.data)
-  manager = checkpointing.make_manager(str(workdir), config.train.keep_checkpoints,
+  manager = checkpoints.make_manager(str(workdir), config.train.keep_checkpoints,
                                        config.train.checkpoint_every)
   try:
-    state, step = checkpointing.restore_latest(manager, abstract, shardings, data, config)
+    state, step = checkpoints.restore_latest(manager, abstract, shardings, data, config)
   finally:
     manager.close()
   return state, step, shardings, data
