@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pippo_jax.diffusion import objective
 from pippo_jax.diffusion.schedule import DiffusionSchedule
 
 EpsFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
@@ -73,7 +74,7 @@ def ddim_step(x_t, eps, alpha, alpha_prev, sigma, z):
 
 @functools.partial(jax.jit, static_argnames=("eps_fn", "parameterization",
                                              "return_x0_preds"))
-def _ddim_loop(x_T, key, timesteps, coefficients, *, eps_fn, parameterization,
+def _ddim_loop(x_T, key, timesteps, coefficients, schedule, *, eps_fn, parameterization,
                return_x0_preds):
   """The jitted scan over steps; coefficients is [S, 3] = (a, a_prev, sigma)."""
   batch = x_T.shape[0]
@@ -82,12 +83,10 @@ def _ddim_loop(x_T, key, timesteps, coefficients, *, eps_fn, parameterization,
   def body(x, step):
     t, coeff, step_key = step
     alpha, alpha_prev, sigma = coeff[0], coeff[1], coeff[2]
-    out = eps_fn(x, jnp.full((batch,), t, jnp.int32)).astype(jnp.float32)
+    t_batch = jnp.full((batch,), t, jnp.int32)
     x32 = x.astype(jnp.float32)
-    if parameterization == "v":
-      out = jnp.sqrt(alpha) * out + jnp.sqrt(1.0 - alpha) * x32
-    elif parameterization == "x0":
-      out = (x32 - jnp.sqrt(alpha) * out) / jnp.sqrt(1.0 - alpha)
+    out = objective.model_output_to_eps(schedule, x32, t_batch,
+                                        eps_fn(x, t_batch).astype(jnp.float32), parameterization)
     z = jax.random.normal(step_key, x.shape, jnp.float32)
     x_prev, x0_hat = ddim_step(x32, out, alpha, alpha_prev, sigma, z)
     return x_prev.astype(x.dtype), (x0_hat if return_x0_preds else None)
@@ -125,6 +124,6 @@ def ddim_sample(eps_fn: EpsFn, x_T: jnp.ndarray, key: jax.Array,
   coefficients = np.stack([plan.alphas, plan.alphas_prev, plan.sigmas], axis=1)
   x, x0_preds = _ddim_loop(
       x_T, key, jnp.asarray(plan.timesteps),
-      jnp.asarray(coefficients, jnp.float32), eps_fn=eps_fn,
+      jnp.asarray(coefficients, jnp.float32), schedule, eps_fn=eps_fn,
       parameterization=parameterization, return_x0_preds=return_x0_preds)
   return (x, x0_preds) if return_x0_preds else x

@@ -7,8 +7,7 @@ import numpy as np
 from PIL import Image
 
 from pippo_jax.diffusion import guidance, sampler
-from pippo_jax.models import codec as codec_lib
-from pippo_jax.training import step as step_lib
+from pippo_jax.models import codec as codec_lib, inputs
 
 
 def sample_views(model, params, batch, codec, cfg, schedule, key, *, num_steps=30, eta=0.1,
@@ -19,7 +18,7 @@ def sample_views(model, params, batch, codec, cfg, schedule, key, *, num_steps=3
   `parameterization` is what the model predicts ("eps", "v" or "x0"); guidance combines any of
   them (each is affine in the others at a fixed x_t and t).
   """
-  _, cond = step_lib.model_inputs(batch, codec, cfg)
+  _, cond = inputs.model_inputs(batch, codec, cfg)
   b = batch["ref_image"].shape[0]
   shape = batch["target_images"].shape
   latent_shape = (b, shape[1], cfg.latent_size, cfg.latent_size, cfg.latent_channels)

@@ -23,10 +23,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pippo_jax.diffusion.guidance import CONDITION_GROUPS
 from pippo_jax.models import attention, conditioning, control_mlp, dit, layers
 from pippo_jax.models.config import ModelConfig
-
-DROP_GROUPS = ("ref", "cam", "control")
 
 
 class Pippo(nn.Module):
@@ -48,7 +47,7 @@ class Pippo(nn.Module):
       raise ValueError(f"x_t latents {x_t.shape[2:]} do not match the config's "
                        f"{(cfg.latent_size, cfg.latent_size, cfg.latent_channels)}")
     drop = {k: jnp.zeros((b,), bool) if drop is None or drop.get(k) is None else drop[k]
-            for k in DROP_GROUPS}
+            for k in CONDITION_GROUPS}
 
     cam = None
     ref = conditioning.RefEncoder(cfg, name="ref_encoder")(cond["ref_latent"])

@@ -30,18 +30,12 @@ from pippo_jax.errors import ConfigError
 from pippo_jax.diffusion import schedule as schedule_lib
 from pippo_jax.inference import sample as sample_lib
 from pippo_jax.models import codec as codec_lib
-from pippo_jax.models import flops, params as params_lib
+from pippo_jax.models import flops, inputs, params as params_lib
 from pippo_jax.models.config import ModelConfig
 from pippo_jax.models.pippo import Pippo
 from pippo_jax.parallel import sharding
 from pippo_jax.training import run_lock, state as state_lib, step as step_lib
 from pippo_jax.training import transitions
-
-# Batch keys the step reads, by what the model is conditioned on.
-BASE_KEYS = ("target_images", "ref_image")
-CAM_KEYS = ("target_cam_pose", "ref_cam_pose")
-CONTROL_KEYS = ("target_plucker", "ref_plucker", "target_anchor", "ref_anchor")
-
 
 def mesh_from_config(mesh_cfg) -> jax.sharding.Mesh:
   sizes = {k: int(mesh_cfg[k]) for k in sharding.MESH_AXES}
@@ -59,13 +53,6 @@ def mesh_from_config(mesh_cfg) -> jax.sharding.Mesh:
     logging.warning("train.mesh %s uses %d of %d devices", sizes, n, jax.device_count())
     return sharding.make_mesh(**sizes, devices=jax.devices()[:n])
   return sharding.make_mesh(**sizes)
-
-
-def step_keys(cfg: ModelConfig, diffusion_cfg) -> tuple[str, ...]:
-  keys = BASE_KEYS + (CAM_KEYS if cfg.use_cam_mlp else ()) + (
-      CONTROL_KEYS if cfg.use_control_mlp else ())
-  keys += ("record_index", "epoch")  # per-example noise keys (see step.example_keys)
-  return keys + (("target_masks",) if diffusion_cfg.loss_mask == "person" else ())
 
 
 def ensure_dataset(config, workdir: str) -> None:
@@ -202,7 +189,7 @@ def _train(config, workdir: str) -> dict:
   step_fn = step_lib.compile_train_step(
       shardings, mesh, model=model, tx=tx, codec=codec, cfg=cfg, schedule=schedule,
       diffusion_cfg=config.diffusion, ema_decay=float(config.train.ema_decay))
-  keys = step_keys(cfg, config.diffusion)
+  keys = inputs.batch_keys(cfg, config.diffusion.loss_mask)
   batch_sh = step_lib.batch_sharding(mesh)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)

@@ -1,7 +1,7 @@
 """The pure training step: (state, global batch) -> (state, metrics), compiled with shardings.
 
-A batch is the data pipeline's NumPy dict (uint8 images, float camera data; see
-`data_pipelines/schemas.py`). Inside the step images go through the codec, one timestep per sample
+A batch is the data pipeline's NumPy dict, turned into model inputs by `models.inputs`. Inside
+the step images go through the codec, one timestep per sample
 is drawn and shared by its views, condition groups are dropped for classifier-free guidance, and
 the plain MSE between the model output and its target (epsilon, v or x0) is minimised. A step whose
 loss, gradient norm or update is not finite leaves the state untouched and counts itself in
@@ -13,24 +13,10 @@ import jax.numpy as jnp
 import optax
 
 from pippo_jax.diffusion import guidance, objective
+from pippo_jax.models import inputs
 from pippo_jax.models.config import ModelConfig
 from pippo_jax.parallel import sharding as shard_lib
 from pippo_jax.training.state import TrainState
-
-
-def model_inputs(batch: dict, codec, cfg: ModelConfig, key=None):
-  """Data batch -> (x0 latents [B, V, h, w, C], cond dict for `Pippo`)."""
-  x0 = codec.encode(batch["target_images"], key)
-  cond = {"ref_latent": codec.encode(batch["ref_image"], key)}
-  if cfg.use_cam_mlp:
-    cond["cam_pose"] = batch["target_cam_pose"].astype(jnp.float32)
-    cond["ref_cam_pose"] = batch["ref_cam_pose"].astype(jnp.float32)
-  if cfg.use_control_mlp:
-    cond["anchor_latent"] = codec.encode(batch["target_anchor"], key)
-    cond["ref_anchor_latent"] = codec.encode(batch["ref_anchor"], key)
-    cond["plucker"] = batch["target_plucker"].astype(jnp.float32)
-    cond["ref_plucker"] = batch["ref_plucker"].astype(jnp.float32)
-  return x0, cond
 
 
 def example_keys(key: jax.Array, batch: dict) -> jax.Array:
@@ -46,7 +32,7 @@ def example_keys(key: jax.Array, batch: dict) -> jax.Array:
 
 def loss_and_metrics(params, model, codec, cfg: ModelConfig, schedule, diffusion_cfg, batch, key):
   k_codec, k_rows = jax.random.split(key)
-  x0, cond = model_inputs(batch, codec, cfg, k_codec)
+  x0, cond = inputs.model_inputs(batch, codec, cfg, k_codec)
   rows = jax.vmap(lambda k: jax.random.split(k))(example_keys(k_rows, batch))
 
   def per_example(k_noise, k_drop, x):
@@ -58,7 +44,7 @@ def loss_and_metrics(params, model, codec, cfg: ModelConfig, schedule, diffusion
   pred = model.apply({"params": params}, noised.x_t, noised.t, cond, drop)
   mask = None
   if diffusion_cfg.loss_mask == "person":
-    mask = jnp.broadcast_to(codec.encode(batch["target_masks"][..., None].repeat(3, -1)) > -1,
+    mask = jnp.broadcast_to(codec.encode(batch[inputs.MASK_KEY][..., None].repeat(3, -1)) > -1,
                             pred.shape)  # latent cells with any person pixel
   loss = objective.diffusion_loss(pred, noised.target, mask)
   return loss, {"loss": loss}

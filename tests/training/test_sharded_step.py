@@ -7,7 +7,7 @@ import pytest
 import training_helpers as helpers
 from data_pipelines import pipelines
 from pippo_jax.diffusion import schedule as schedule_lib
-from pippo_jax.models import codec as codec_lib
+from pippo_jax.models import codec as codec_lib, inputs
 from pippo_jax.models import params as params_lib
 from pippo_jax.models.config import ModelConfig
 from pippo_jax.models.pippo import Pippo
@@ -51,7 +51,7 @@ class Run:
     self.tx = state_lib.make_optimizer(config.optimizer,
                                        params_lib.abstract(self.cfg))
     data = pipelines.make_iterator(config.data)
-    keys = loop.step_keys(self.cfg, config.diffusion)
+    keys = inputs.batch_keys(self.cfg, config.diffusion.loss_mask)
     self.batches = [{k: np.asarray(b[k]) for k in keys} for b in (next(data), next(data))]
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
     state, _ = state_lib.init_train_state(self.model, self.tx, self.cfg, mesh, config.seed,
