@@ -26,13 +26,13 @@ from jax.experimental import multihost_utils
 
 from data_pipelines import pipelines
 from pippo_jax import checkpoints, config_lib, paths
-from pippo_jax.errors import ConfigError
 from pippo_jax.diffusion import schedule as schedule_lib
 from pippo_jax.inference import sample as sample_lib
 from pippo_jax.models import codec as codec_lib
 from pippo_jax.models import flops, inputs, params as params_lib
 from pippo_jax.models.config import ModelConfig
 from pippo_jax.models.pippo import Pippo
+from pippo_jax.errors import ConfigError
 from pippo_jax.parallel import sharding
 from pippo_jax.training import run_lock, state as state_lib, step as step_lib
 from pippo_jax.training import transitions
@@ -155,7 +155,7 @@ def _train(config, workdir: str) -> dict:
   data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
   if config.batch_size % data_ways:
     raise ConfigError(f"batch_size={config.batch_size} is not divisible by the "
-                                 f"data-parallel mesh axes data x fsdp = {data_ways}")
+                      f"data-parallel mesh axes data x fsdp = {data_ways}")
   model = Pippo(cfg)
   tx = state_lib.make_optimizer(config.optimizer, params_lib.abstract(cfg))
   ensure_dataset(config, workdir)
@@ -168,9 +168,9 @@ def _train(config, workdir: str) -> dict:
 
   data_iter = pipelines.make_iterator(config.data)
   manager = checkpoints.make_manager(workdir, config.train.keep_checkpoints,
-                                       config.train.checkpoint_every)
+                                     config.train.checkpoint_every)
   restored, start = checkpoints.restore_latest(manager, abstract_state, shardings, data_iter,
-                                                 config)
+                                               config)
   if restored is not None:
     state = restored
     if start >= int(config.train.num_steps):  # finished: no compile, no matmul benchmark
