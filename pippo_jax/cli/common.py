@@ -62,15 +62,13 @@ def fail(program: str, message: str, code: int) -> None:
   sys.exit(code)
 
 
-def parse(program: str, argv, flag_values=None, doc: str = "", module=None) -> list[str]:
-  """Parse `argv` into `flag_values` (default: absl's FLAGS); returns the positional arguments.
+def parse(program: str, argv, fv: flags.FlagValues, doc: str = "") -> list[str]:
+  """Parse `argv` into the program's own FlagValues `fv`; returns the positional arguments.
 
-  --help prints `doc` and this program's own flags, exit 0; a usage error exits 2 with one line.
+  --help prints `doc` and the flags of `fv`, exit 0; a usage error exits 2 with one line.
   """
-  fv = flag_values if flag_values is not None else flags.FLAGS
   if any(a in HELP_FLAGS for a in argv[1:]):
-    own = fv.module_help(module) if module is not None else fv.get_help()
-    print(f"{doc.rstrip()}\n\nflags:\n{own}")
+    print(f"{doc.rstrip()}\n\nflags:\n{fv.get_help()}")
     sys.exit(0)
   try:
     return fv(argv)[1:]

@@ -240,7 +240,7 @@ def _train(config, workdir: str) -> dict:
         window, window_start = [], time.perf_counter()
       received = stop.agreed()
       checkpoints.save(manager, step, state, data_iter, config,
-                         force=received is not None or step == num_steps)
+                       force=received is not None or step == num_steps)
       if config.train.sample_every and (step % config.train.sample_every == 0 or step == num_steps):
         write_samples(workdir, writer, step, sampler, state, sample_batch, keys, batch_sh, mesh)
       if received is not None:

@@ -36,12 +36,11 @@ def _describe(holder: dict) -> str:
   return f"host {holder.get('host')!r}, pid {holder.get('pid')}, started {started}"
 
 
-def stale_reason(holder: dict, now: float | None = None) -> str | None:
+def stale_reason(holder: dict) -> str | None:
   """Why the lock `holder` wrote is stale, or None while its run may be alive."""
-  now = time.time() if now is None else now
   if holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", -1))):
     return f"its process ({_describe(holder)}) is gone"
-  age = now - float(holder.get("heartbeat", 0))
+  age = time.time() - float(holder.get("heartbeat", 0))
   if age > STALE_S:
     return f"its heartbeat is {age:.0f} s old (> {STALE_S:.0f} s; {_describe(holder)})"
   return None
@@ -86,7 +85,6 @@ class RunLock:
             f"{os.path.dirname(self.path)} is in use by another run ({_describe(holder)}); "
             f"stop that run or choose another --workdir (remove {self.path} if you are sure "
             "it is dead)") from None
-      logging.warning("taking over the stale lock %s: %s", self.path, reason)
       print(f"note: taking over the stale lock {self.path}: {reason}", flush=True)
       self._write(exclusive=False)
     self._thread = threading.Thread(target=self._beat, daemon=True, name="run-lock-heartbeat")
