@@ -24,10 +24,10 @@ import time
 from absl import flags
 import psutil
 
-from data_pipelines import config
-from data_pipelines import pipelines
-from data_pipelines import sources
-from data_pipelines import synthetic_studio
+from pippo_jax.data_pipelines import config
+from pippo_jax.data_pipelines import pipelines
+from pippo_jax.data_pipelines import sources
+from pippo_jax.data_pipelines import synthetic_studio
 
 
 def _studio(data_dir, resolution):

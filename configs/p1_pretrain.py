@@ -11,7 +11,14 @@ from pippo_jax import config_lib
 
 def get_config(arg: str | None = None):
   v = config_lib.parse_variant(arg, size="full", res=0, views=1, batch=0)
-  v.batch = v.batch or (4 if v.size == "smoke" else 1)
-  v.res = v.res or (64 if v.size == "smoke" else 128)
-  config = config_lib.stage_config("p1", v, cam=False, control=False)
+  smoke = v.size == "smoke"
+  config = config_lib.base_config("p1", size=v.size, res=v.res or (64 if smoke else 128),
+                                  views=v.views, batch=v.batch or (4 if smoke else 1))
+  # Conditioning: the reference image only.
+  config.model.update(use_cam_mlp=False, use_control_mlp=False)
+  config.optimizer.update(lr=1e-4, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, grad_clip=1.0)
+  config.diffusion.prediction = "eps"
+  if smoke:  # as P3's smoke size: x0-prediction, a higher learning rate with warm-up
+    config.diffusion.prediction = "x0"
+    config.optimizer.update(lr=1e-3, warmup_steps=100)
   return config_lib.validate(config)

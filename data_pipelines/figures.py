@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_pipelines import raycast
+from pippo_jax.data_pipelines import raycast
 
 PART_NAMES = ("head", "hair", "nose", "neck", "torso", "pelvis",
               "upper_arm_r", "upper_arm_l", "forearm_r", "forearm_l",

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_pipelines import imageops
-from data_pipelines import schemas
-from data_pipelines import transforms
+from pippo_jax.data_pipelines import imageops
+from pippo_jax.data_pipelines import schemas
+from pippo_jax.data_pipelines import transforms
 from pippo_jax.geometry import anchors
 from pippo_jax.geometry import cameras
 from pippo_jax.geometry import normalize

@@ -33,8 +33,8 @@ from typing import Any
 import grain
 import numpy as np
 
-from data_pipelines import sources
-from data_pipelines import transforms
+from pippo_jax.data_pipelines import sources
+from pippo_jax.data_pipelines import transforms
 from pippo_jax.errors import CorruptDataError
 
 _KINDS = {"image": "image", "multiview": "capture"}
@@ -127,7 +127,7 @@ def make_transform(cfg):
   if cfg.kind == "image":
     return transforms.ImageTransform(cfg)
   if cfg.kind == "multiview":
-    from data_pipelines import multiview  # pylint: disable=g-import-not-at-top
+    from pippo_jax.data_pipelines import multiview  # pylint: disable=g-import-not-at-top
     return multiview.MultiviewTransform(cfg)
   raise ValueError(f"unknown data.kind {cfg.kind!r}: use 'image' or 'multiview'")
 

@@ -29,8 +29,8 @@ import threading
 import numpy as np
 from array_record.python import array_record_module
 
-from data_pipelines import schemas
-from data_pipelines import writer
+from pippo_jax.data_pipelines import schemas
+from pippo_jax.data_pipelines import writer
 
 
 class ArrayRecordSource:

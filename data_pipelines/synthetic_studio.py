@@ -26,11 +26,11 @@ import sys
 
 import numpy as np
 
-from data_pipelines import figures
-from data_pipelines import imageops
-from data_pipelines import raycast
-from data_pipelines import schemas
-from data_pipelines import writer
+from pippo_jax.data_pipelines import figures
+from pippo_jax.data_pipelines import imageops
+from pippo_jax.data_pipelines import raycast
+from pippo_jax.data_pipelines import schemas
+from pippo_jax.data_pipelines import writer
 from pippo_jax.geometry import cameras
 from pippo_jax.geometry import orbits
 

@@ -38,8 +38,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from data_pipelines import schemas
-from data_pipelines import synthetic_studio
+from pippo_jax.data_pipelines import schemas
+from pippo_jax.data_pipelines import synthetic_studio
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 

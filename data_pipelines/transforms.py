@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from data_pipelines import imageops
-from data_pipelines import schemas
+from pippo_jax.data_pipelines import imageops
+from pippo_jax.data_pipelines import schemas
 
 
 def skip(reason: str, element: dict, message: str) -> dict:

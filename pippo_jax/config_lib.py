@@ -6,16 +6,26 @@ everything a user may turn is a key, and `validate` checks the combination at co
 """
 import ml_collections
 
-from data_pipelines.config import default_data_config
+from pippo_jax.data_pipelines.config import default_data_config
 from pippo_jax.errors import ConfigError
 from pippo_jax.models import attention
 
-# width, depth, heads, camera-MLP hidden size. The smoke size keeps the full model's head dim of 64
-# (2 heads): on CPUs 4 heads of 32 made the attention backward 3x slower.
+# What a model size sets in every stage: the network's dimensions, the codec, and for the smoke size
+# a CPU-sized run (its own small design, see the README). The smoke size keeps the full model's head
+# dim of 64 (2 heads): on CPUs 4 heads of 32 made the attention backward 3x slower.
 SIZES = {
-    "full": dict(width=1536, depth=28, num_heads=24, cam_mlp_hidden=1024),
-    "tiny": dict(width=768, depth=12, num_heads=24, cam_mlp_hidden=1024),
-    "smoke": dict(width=128, depth=4, num_heads=2, cam_mlp_hidden=128),
+    "full": dict(model=dict(width=1536, depth=28, num_heads=24, cam_mlp_hidden=1024,
+                            remat_policy="nothing_saveable"),  # activations would not fit
+                 codec=dict(kind="sdxl_vae")),
+    "tiny": dict(model=dict(width=768, depth=12, num_heads=24, cam_mlp_hidden=1024),
+                 codec=dict(kind="sdxl_vae")),
+    "smoke": dict(model=dict(width=128, depth=4, num_heads=2, cam_mlp_hidden=128),
+                  # 4x4 pixel blocks: 16x16x48 latents at 64 px, 64 tokens per view
+                  codec=dict(kind="space_to_depth", downsample=4),
+                  train=dict(num_steps=2500, log_every=50, checkpoint_every=500, sample_every=500,
+                             # with no data.path: a few people, 24 cameras each, learnt in minutes
+                             synth=dict(subjects=4, cameras=24, moments=1,
+                                        images_per_subject=8))),
 }
 RESOLUTIONS = (64, 128, 256, 512, 1024)
 # Total views per sequence the release's attention biasing assumes were seen in training.
@@ -40,35 +50,35 @@ def parse_variant(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(out)
 
 
-def codec_config(size: str, res: int) -> ml_collections.ConfigDict:
-  """The pixel <-> latent codec: the frozen SDXL VAE, or an exactly invertible space-to-depth
-  codec (pixel blocks -> channels) for small runs where no pretrained VAE is available."""
-  if size == "smoke":  # 4x4 pixel blocks: 16x16x48 latents at 64 px, 64 tokens per view
-    return ml_collections.ConfigDict(dict(kind="space_to_depth", downsample=4, latent_channels=48,
-                                          scale_factor=1.0, shift_factor=0.0, weights_path=""))
-  return ml_collections.ConfigDict(dict(kind="sdxl_vae", downsample=8, latent_channels=4,
-                                        scale_factor=0.13025, shift_factor=0.0, weights_path="",
-                                        sample_posterior=True))
+def codec_config(kind: str, downsample: int = 8) -> ml_collections.ConfigDict:
+  """The pixel <-> latent codec: the frozen SDXL VAE (x8, 4 channels), or an exactly invertible
+  space-to-depth codec (f x f pixel blocks -> 3 f^2 channels) for runs without a pretrained VAE."""
+  if kind == "sdxl_vae":
+    return ml_collections.ConfigDict(dict(kind=kind, downsample=8, latent_channels=4,
+                                          scale_factor=0.13025, shift_factor=0.0, weights_path="",
+                                          sample_posterior=True))
+  if kind == "space_to_depth":
+    return ml_collections.ConfigDict(dict(kind=kind, downsample=downsample,
+                                          latent_channels=3 * downsample ** 2, scale_factor=1.0,
+                                          shift_factor=0.0, weights_path=""))
+  raise ConfigError(f"unknown codec kind {kind!r}; choose 'sdxl_vae' or 'space_to_depth'")
 
 
-def model_config(size: str, res: int, views: int, *, cam: bool, control: bool,
+def model_config(size: str, res: int, views: int,
                  codec: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The `model` section (keys = `pippo_jax.models.config.ModelConfig` fields)."""
-  if size not in SIZES:
-    raise ConfigError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
-  m = dict(SIZES[size])
-  m.update(
+  """The `model` section (keys = `pippo_jax.models.config.ModelConfig` fields); the stage file turns
+  on its conditioning (`use_cam_mlp`, `use_control_mlp`)."""
+  m = dict(
       mlp_ratio=4.0, patch_size=2, latent_channels=codec.latent_channels,
       latent_size=res // codec.downsample, image_size=res, num_views=views,
       freq_dim=256, max_period=1e4, block_norm_eps=1e-5, patch_norm_eps=1e-6,
-      use_cam_mlp=cam, cam_pose_dim=16, cam_norm_eps=1e-5,
-      use_control_mlp=control, siren_hidden=(16, 32), siren_out=32, siren_w0_first=30.0,
+      use_cam_mlp=False, cam_pose_dim=16, cam_norm_eps=1e-5,
+      use_control_mlp=False, siren_hidden=(16, 32), siren_out=32, siren_w0_first=30.0,
       siren_w0=1.0, plucker_dim=6, control_norm_eps=1e-6,
       attention_impl="auto", attention_block_q=512, attention_block_kv=512,
       attention_gamma=1.4, attention_train_views=RELEASE_TRAIN_VIEWS.get(res, 24),
-      dtype="float32", scan_blocks=True,
-      # Rematerialise blocks only where activations would not fit: the full model.
-      remat_policy="nothing_saveable" if size == "full" else "none")
+      dtype="float32", scan_blocks=True, remat_policy="none")
+  m.update(SIZES[size]["model"])
   return ml_collections.ConfigDict(m)
 
 
@@ -83,21 +93,20 @@ def diffusion_config() -> ml_collections.ConfigDict:
 
 
 def optimizer_config() -> ml_collections.ConfigDict:
+  """AdamW's schedule and structure; each stage file sets its own lr, betas, eps, decay and clip."""
   return ml_collections.ConfigDict(dict(
-      name="adamw", lr=1e-4, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, grad_clip=1.0,
-      warmup_steps=0, decay="constant", decay_steps=0, grad_accum_steps=1,
+      name="adamw", warmup_steps=0, decay="constant", decay_steps=0, grad_accum_steps=1,
       lr_multipliers={}, frozen=[]))
 
 
-def train_config(size: str) -> ml_collections.ConfigDict:
+def train_config() -> ml_collections.ConfigDict:
   """The `train` section: loop length, logging, checkpoints, samples, mesh."""
-  smoke = size == "smoke"
   return ml_collections.ConfigDict(dict(
-      num_steps=2500 if smoke else 100_000,
-      log_every=50 if smoke else 100,
-      checkpoint_every=500 if smoke else 2000,
+      num_steps=100_000,
+      log_every=100,
+      checkpoint_every=2000,
       keep_checkpoints=3,
-      sample_every=500 if smoke else 5000,
+      sample_every=5000,
       sample_steps=30,            # DDIM steps for the sample grids
       sample_batch=2,             # samples (rows) per grid
       ema_decay=0.0,              # 0 disables the EMA copy of the parameters
@@ -106,9 +115,9 @@ def train_config(size: str) -> ml_collections.ConfigDict:
       init_from="",               # checkpoint of the previous stage (stage transition)
       profile_steps=0,            # >0: capture a profile of that many steps after warm-up
       peak_flops=0.0,             # per-device peak for MFU; 0 = measure a float32 matmul here
-      # The studio the smoke size builds when no dataset is given: a few people, each seen by
-      # 24 cameras, so that a 10-minute CPU run learns them (see the README).
-      synth=dict(subjects=4, cameras=24, moments=1, images_per_subject=8),
+      # With no data.path and subjects > 0, a synthetic studio of this size is built in
+      # WORKDIR/cache and trained on; subjects = 0 asks for data.path instead.
+      synth=dict(subjects=0, cameras=24, moments=1, images_per_subject=8),
   ))
 
 
@@ -164,26 +173,25 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
-def stage_config(stage: str, variant: ml_collections.ConfigDict, *, cam: bool,
-                 control: bool) -> ml_collections.ConfigDict:
-  """Assemble a full config from a parsed variant (keys size, res, views, batch)."""
-  if variant.res not in RESOLUTIONS:
-    raise ConfigError(f"res={variant.res} is not one of {RESOLUTIONS}")
+def base_config(stage: str, *, size: str, res: int, views: int,
+                batch: int) -> ml_collections.ConfigDict:
+  """Every key at its shared default for `stage` ("p1", "m2", "p3") and model `size`; the stage
+  files set what is their own on top of it."""
+  if size not in SIZES:
+    raise ConfigError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
+  if res not in RESOLUTIONS:
+    raise ConfigError(f"res={res} is not one of {RESOLUTIONS}")
   config = ml_collections.ConfigDict()
   config.stage = stage
-  config.variant = variant.to_dict()
+  config.variant = dict(size=size, res=res, views=views, batch=batch)  # for the record only
   config.seed = 0
-  config.batch_size = variant.batch
-  config.codec = codec_config(variant.size, variant.res)
-  config.model = model_config(variant.size, variant.res, variant.views, cam=cam, control=control,
-                              codec=config.codec)
+  config.batch_size = batch
+  config.codec = codec_config(**SIZES[size]["codec"])
+  config.model = model_config(size, res, views, config.codec)
   config.diffusion = diffusion_config()
   config.optimizer = optimizer_config()
-  config.data = default_data_config(stage, variant.res, variant.views)
+  config.data = default_data_config(stage, res, views)
   config.data.batch_size = config.get_ref("batch_size")  # one global batch size
-  config.train = train_config(variant.size)
-  if variant.size == "smoke":  # from scratch in minutes: a higher learning rate with warm-up
-    config.optimizer.update(lr=1e-3, warmup_steps=100)
-    # A width-128 network with 192 values per token learns clean images (x0), not noise.
-    config.diffusion.prediction = "x0"
+  config.train = train_config()
+  config.train.update(SIZES[size].get("train", {}))
   return config

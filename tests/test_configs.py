@@ -12,7 +12,7 @@ from pippo_jax.models.pippo import Pippo, dummy_inputs
 
 
 def get(stage, arg=None):
-  return importlib.import_module(f"configs.{stage}").get_config(arg)
+  return importlib.import_module(f"pippo_jax.configs.{stage}").get_config(arg)
 
 
 # The release's measured totals minus its unused cross-attention weights (3 null tokens of

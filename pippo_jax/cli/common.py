@@ -7,6 +7,7 @@
 
 Errors print one line, `PROGRAM: error: MESSAGE`, to stderr; no traceback for a user's mistake.
 """
+import os
 import re
 import sys
 
@@ -20,6 +21,30 @@ HELP_FLAGS = ("-h", "--help", "-help", "--helpshort")
 # one line, exit 1.
 USER_ERRORS = (OSError, ImportError, FloatingPointError, errors.CheckpointError,
                errors.CorruptDataError, errors.WorkdirBusyError)
+
+
+def program_argv(program: str, argv=None) -> list[str]:
+  """[program, *args] (default sys.argv[1:]), with a `--config configs/NAME.py[:variant]` that is
+  not found from here read from the installed package (`pippo_jax.configs`): a user who installed
+  pippo_jax without the repository still names the stage configs as the README does."""
+  args = list(sys.argv[1:] if argv is None else argv)
+  for i, arg in enumerate(args):
+    if arg in ("--config", "-config") and i + 1 < len(args):
+      args[i + 1] = packaged_config(args[i + 1])
+    elif arg.startswith(("--config=", "-config=")):
+      name, value = arg.split("=", 1)
+      args[i] = f"{name}={packaged_config(value)}"
+  return [program, *args]
+
+
+def packaged_config(spec: str) -> str:
+  """`configs/NAME.py[:variant]` -> the installed copy of NAME.py when no such file is here."""
+  path, colon, variant = spec.partition(":")
+  if os.path.exists(path) or os.path.dirname(os.path.normpath(path)) != "configs":
+    return spec
+  from pippo_jax import configs  # pylint: disable=g-import-not-at-top
+  installed = os.path.join(os.path.dirname(configs.__file__), os.path.basename(path))
+  return installed + colon + variant if os.path.exists(installed) else spec
 
 
 def _override_arg(argv, key: str) -> str:

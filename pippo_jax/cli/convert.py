@@ -86,7 +86,7 @@ def to_torch(directory: str, out: str, config=None) -> None:
 
 def main(argv=None) -> int:
   """Runs the CLI on `argv` (the arguments after the program name; default sys.argv[1:])."""
-  argv = ["pippo-convert"] + list(sys.argv[1:] if argv is None else argv)
+  argv = common.program_argv(PROGRAM, argv)
   fv = flags.FlagValues()
   _define(fv, argv)
   rest = common.parse(PROGRAM, argv, fv, doc=__doc__)

@@ -36,7 +36,7 @@ PROG = "pippo-data"
 
 
 def _synth(args):
-  from data_pipelines import synthetic_studio  # pylint: disable=g-import-not-at-top
+  from pippo_jax.data_pipelines import synthetic_studio  # pylint: disable=g-import-not-at-top
   paths.writable_dir(args.out, "--out")
   settings = synthetic_studio.StudioSettings(
       seed=args.seed, subjects=args.subjects, cameras=args.cameras,
@@ -53,7 +53,7 @@ def _synth(args):
 
 
 def _inspect(args):
-  from data_pipelines import schemas, sources, transforms, writer  # pylint: disable=g-import-not-at-top
+  from pippo_jax.data_pipelines import schemas, sources, transforms, writer  # pylint: disable=g-import-not-at-top
   index = writer.read_index(args.dir)
   print(f"{args.dir}: {index['kind']} records")
   damaged = 0
@@ -103,7 +103,7 @@ def _quantiles(values):
 
 
 def _stats(args):
-  from data_pipelines import config, schemas, sources, transforms, writer  # pylint: disable=g-import-not-at-top
+  from pippo_jax.data_pipelines import config, schemas, sources, transforms, writer  # pylint: disable=g-import-not-at-top
   kind = writer.read_index(args.dir)["kind"]
   src = sources.ArrayRecordSource(args.dir, args.split)
   n = len(src) if args.all else min(len(src), args.sample)
@@ -152,7 +152,7 @@ def _stats(args):
 
 def _preview(args):
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from data_pipelines import config, pipelines, writer  # pylint: disable=g-import-not-at-top
+  from pippo_jax.data_pipelines import config, pipelines, writer  # pylint: disable=g-import-not-at-top
   flags.FLAGS.mark_as_parsed()
   paths.writable_dir(os.path.dirname(args.out), "the directory of --out")
   kind = writer.read_index(args.dir)["kind"]
@@ -183,7 +183,7 @@ def _preview(args):
 
 
 def _tfds_build(args):
-  from data_pipelines import tfds_builders  # pylint: disable=g-import-not-at-top
+  from pippo_jax.data_pipelines import tfds_builders  # pylint: disable=g-import-not-at-top
   paths.writable_dir(args.data_dir, "--data-dir")
   if args.builder == "synthetic_studio":
     kind = args.config or "captures"

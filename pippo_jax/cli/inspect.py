@@ -54,7 +54,7 @@ def report(config, full: bool = False) -> str:
 
 
 def main(argv=None) -> int:
-  argv = [PROGRAM] + list(sys.argv[1:] if argv is None else argv)
+  argv = common.program_argv(PROGRAM, argv)
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "Stage config file[:variant]; override keys "
                                   "with --config.KEY=VALUE.", flag_values=fv, lock_config=False,
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
   if fv["all"].value:
     for name in STAGE_CONFIGS:
       print(f"=== configs/{name}.py")
-      print(report(importlib.import_module(f"configs.{name}").get_config(), fv["full"].value) + "\n")
+      print(report(importlib.import_module(f"pippo_jax.configs.{name}").get_config(), fv["full"].value) + "\n")
     return 0
   config = common.config_value(PROGRAM, fv["config"])
   if config is None:

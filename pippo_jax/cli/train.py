@@ -39,7 +39,7 @@ def _define(fv: flags.FlagValues, argv) -> None:
 
 
 def main(argv=None) -> int:
-  argv = [PROGRAM] + list(sys.argv[1:] if argv is None else argv)
+  argv = common.program_argv(PROGRAM, argv)
   fv = flags.FlagValues()
   _define(fv, argv)
   rest = common.parse(PROGRAM, argv, fv, doc=__doc__)

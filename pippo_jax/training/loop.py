@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from data_pipelines import pipelines
+from pippo_jax.data_pipelines import pipelines
 from pippo_jax import checkpoints, config_lib, paths
 from pippo_jax.diffusion import schedule as schedule_lib
 from pippo_jax.inference import sample as sample_lib
@@ -56,14 +56,15 @@ def mesh_from_config(mesh_cfg) -> jax.sharding.Mesh:
 
 
 def ensure_dataset(config, workdir: str) -> None:
-  """With no dataset path, the smoke size builds the synthetic studio in WORKDIR/cache."""
+  """With no dataset path and `train.synth.subjects` > 0 (the smoke size), build the synthetic
+  studio in WORKDIR/cache and train on it."""
   if config.data.source != "array_record" or config.data.path:
     return
-  if config.variant.get("size") != "smoke":
+  if config.train.synth.subjects <= 0:
     raise ConfigError("data.path is empty: point it at a dataset directory (e.g. OUT/captures from "
-                      "`pippo-data synth --out OUT`), or use the smoke size to train on a "
-                      "synthetic studio built in the workdir")
-  from data_pipelines import synthetic_studio  # pylint: disable=g-import-not-at-top
+                      "`pippo-data synth --out OUT`), or set train.synth.subjects (the smoke "
+                      "size does) to train on a synthetic studio built in the workdir")
+  from pippo_jax.data_pipelines import synthetic_studio  # pylint: disable=g-import-not-at-top
   out = os.path.join(workdir, "cache", f"studio_{config.model.image_size}")
   kind = "captures" if config.data.kind == "multiview" else "images"
   if jax.process_index() == 0:

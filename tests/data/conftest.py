@@ -4,7 +4,7 @@ import io
 from absl import flags
 import pytest
 
-from data_pipelines import synthetic_studio
+from pippo_jax.data_pipelines import synthetic_studio
 
 # Grain's multi-worker loading reads absl flags.
 flags.FLAGS.mark_as_parsed()

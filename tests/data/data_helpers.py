@@ -1,7 +1,7 @@
 """Helpers of the data tests (importable: pytest puts tests/data on sys.path)."""
-from data_pipelines import config
-from data_pipelines import sources
-from data_pipelines import writer
+from pippo_jax.data_pipelines import config
+from pippo_jax.data_pipelines import sources
+from pippo_jax.data_pipelines import writer
 
 
 def data_config(stage, path, resolution=32, num_views=3, **overrides):

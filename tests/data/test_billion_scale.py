@@ -3,9 +3,9 @@ import time
 
 import psutil
 
-from data_pipelines import config
-from data_pipelines import pipelines
-from data_pipelines import sources
+from pippo_jax.data_pipelines import config
+from pippo_jax.data_pipelines import pipelines
+from pippo_jax.data_pipelines import sources
 
 BILLION = 10**9
 HOSTS = 256

@@ -8,9 +8,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from data_pipelines import schemas
-from data_pipelines import sources
-from data_pipelines import writer
+from pippo_jax.data_pipelines import schemas
+from pippo_jax.data_pipelines import sources
+from pippo_jax.data_pipelines import writer
 from data_helpers import write_images
 from pippo_jax.cli import data as cli
 

@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from data_pipelines import multiview
-from data_pipelines import pipelines
-from data_pipelines import schemas
-from data_pipelines import sources
+from pippo_jax.data_pipelines import multiview
+from pippo_jax.data_pipelines import pipelines
+from pippo_jax.data_pipelines import schemas
+from pippo_jax.data_pipelines import sources
 from pippo_jax.geometry import cameras
 from data_helpers import data_config
 

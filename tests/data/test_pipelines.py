@@ -6,11 +6,11 @@ import shutil
 import numpy as np
 import pytest
 
-from data_pipelines import pipelines
-from data_pipelines import schemas
-from data_pipelines import sources
-from data_pipelines import transforms
-from data_pipelines import writer
+from pippo_jax.data_pipelines import pipelines
+from pippo_jax.data_pipelines import schemas
+from pippo_jax.data_pipelines import sources
+from pippo_jax.data_pipelines import transforms
+from pippo_jax.data_pipelines import writer
 from data_helpers import data_config
 
 NO_FILTERS = dict(min_detection_confidence=0.0, min_person_size=0.0,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipelines import schemas
+from pippo_jax.data_pipelines import schemas
 
 
 def _capture(c=3):

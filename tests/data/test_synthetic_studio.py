@@ -1,11 +1,11 @@
 """The synthetic studio: deterministic, calibrated, with exact masks and head pose."""
 import numpy as np
 
-from data_pipelines import figures
-from data_pipelines import imageops
-from data_pipelines import raycast
-from data_pipelines import schemas
-from data_pipelines import synthetic_studio as ss
+from pippo_jax.data_pipelines import figures
+from pippo_jax.data_pipelines import imageops
+from pippo_jax.data_pipelines import raycast
+from pippo_jax.data_pipelines import schemas
+from pippo_jax.data_pipelines import synthetic_studio as ss
 from pippo_jax.geometry import cameras
 
 SETTINGS = ss.StudioSettings(seed=5, cameras=24, resolution=64)

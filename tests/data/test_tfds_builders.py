@@ -5,11 +5,11 @@ import logging
 import numpy as np
 from PIL import Image
 
-from data_pipelines import pipelines
-from data_pipelines import schemas
-from data_pipelines import sources
-from data_pipelines import synthetic_studio
-from data_pipelines import tfds_builders
+from pippo_jax.data_pipelines import pipelines
+from pippo_jax.data_pipelines import schemas
+from pippo_jax.data_pipelines import sources
+from pippo_jax.data_pipelines import synthetic_studio
+from pippo_jax.data_pipelines import tfds_builders
 from data_helpers import data_config
 
 SMALL = dict(seed=4, subjects=3, cameras=6, resolution=32, images_per_subject=3,

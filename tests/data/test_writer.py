@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from data_pipelines import sources
-from data_pipelines import writer
+from pippo_jax.data_pipelines import sources
+from pippo_jax.data_pipelines import writer
 
 
 def _record(i):

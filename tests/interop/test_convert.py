@@ -34,7 +34,7 @@ def run(*args) -> int:
 def stage_config(name: str):
   """configs/<stage>.py:<variant> as a resolved ConfigDict."""
   stage, variant = name.split(":")
-  return importlib.import_module(f"configs.{stage}").get_config(variant)
+  return importlib.import_module(f"pippo_jax.configs.{stage}").get_config(variant)
 
 
 def random_params(cfg: ModelConfig, seed: int) -> dict:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import training_helpers as helpers
-from data_pipelines import pipelines
+from pippo_jax.data_pipelines import pipelines
 from pippo_jax import checkpoints, config_lib
 from pippo_jax.training import loop
 
@@ -100,7 +100,7 @@ def test_checkpoint_of_another_model_config_is_refused(first_run):
 
 
 def test_missing_dataset_is_refused_for_real_sizes(tmp_path):
-  config = importlib.import_module("configs.p3_posttrain").get_config(
+  config = importlib.import_module("pippo_jax.configs.p3_posttrain").get_config(
       "size=tiny,res=128,views=2,batch=8")
   assert config.data.path == ""
   with pytest.raises(ValueError, match=r"data\.path is empty"):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipelines import synthetic_studio
+from pippo_jax.data_pipelines import synthetic_studio
 from pippo_jax import checkpoints
 from pippo_jax.models.config import ModelConfig
 from pippo_jax.models.pippo import Pippo, dummy_inputs
@@ -19,7 +19,7 @@ from pippo_jax.training import loop, transitions
 
 
 def small_config(stage, arg):
-  config = importlib.import_module(f"configs.{stage}").get_config(arg)
+  config = importlib.import_module(f"pippo_jax.configs.{stage}").get_config(arg)
   config.model.update(width=64, depth=2, num_heads=2, cam_mlp_hidden=16)
   config.train.update(log_every=10, checkpoint_every=1000, sample_every=0, sample_steps=4,
                       sample_batch=1, mesh=dict(data=1, fsdp=1, tensor=1), peak_flops=1e11)

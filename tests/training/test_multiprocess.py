@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import p3_posttrain
-from data_pipelines import pipelines
+from pippo_jax.configs import p3_posttrain
+from pippo_jax.data_pipelines import pipelines
 from pippo_jax import checkpoints
 import training_helpers as helpers
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import training_helpers as helpers
-from data_pipelines import pipelines
+from pippo_jax.data_pipelines import pipelines
 from pippo_jax.diffusion import schedule as schedule_lib
 from pippo_jax.models import codec as codec_lib, inputs
 from pippo_jax.models import params as params_lib

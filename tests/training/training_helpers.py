@@ -6,8 +6,8 @@ import os
 
 from absl import flags
 
-from data_pipelines import pipelines
-from data_pipelines import synthetic_studio
+from pippo_jax.data_pipelines import pipelines
+from pippo_jax.data_pipelines import synthetic_studio
 from pippo_jax.models import params as params_lib
 from pippo_jax.models.config import ModelConfig
 from pippo_jax.models.pippo import Pippo
@@ -44,7 +44,7 @@ def tiny_config(data_path: str, *, batch_size: int = 8, stage: str = "p3_posttra
   `mesh` overrides `train.mesh` (unnamed axes are 1). Logging, checkpoints and samples are left to
   the caller; the MFU peak is fixed so no matmul benchmark runs.
   """
-  config = importlib.import_module(f"configs.{stage}").get_config("size=smoke,views=2")
+  config = importlib.import_module(f"pippo_jax.configs.{stage}").get_config("size=smoke,views=2")
   config.model.update(TINY_MODEL)
   config.batch_size = batch_size
   config.data.path = data_path
