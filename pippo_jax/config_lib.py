@@ -9,6 +9,7 @@ import ml_collections
 from pippo_jax.data_pipelines.config import default_data_config
 from pippo_jax.errors import ConfigError
 from pippo_jax.models import attention
+from pippo_jax.parallel import sharding
 
 # What a model size sets in every stage: the network's dimensions, the codec, and for the smoke size
 # a CPU-sized run (its own small design, see the README). The smoke size keeps the full model's head
@@ -111,7 +112,6 @@ def train_config() -> ml_collections.ConfigDict:
       sample_batch=2,             # samples (rows) per grid
       ema_decay=0.0,              # 0 disables the EMA copy of the parameters
       max_nonfinite=10,           # stop after this many non-finite steps in a row
-      mesh=dict(data=-1, fsdp=1, tensor=1),  # one size may be -1: all remaining devices
       init_from="",               # checkpoint of the previous stage (stage transition)
       profile_steps=0,            # >0: capture a profile of that many steps after warm-up
       peak_flops=0.0,             # per-device peak for MFU; 0 = measure a float32 matmul here
@@ -119,6 +119,14 @@ def train_config() -> ml_collections.ConfigDict:
       # WORKDIR/cache and trained on; subjects = 0 asks for data.path instead.
       synth=dict(subjects=0, cameras=24, moments=1, images_per_subject=8),
   ))
+
+
+def sharding_config() -> ml_collections.ConfigDict:
+  """The `sharding` section: mesh axis sizes (one may be -1: all remaining devices) and the
+  logical-axis rules (logical name -> mesh axis, tuple of axes, or None: replicated)."""
+  return ml_collections.ConfigDict(dict(
+      mesh=dict(data=-1, fsdp=1, tensor=1),
+      rules=[list(rule) for rule in sharding.LOGICAL_RULES]))
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -192,6 +200,7 @@ def base_config(stage: str, *, size: str, res: int, views: int,
   config.optimizer = optimizer_config()
   config.data = default_data_config(stage, res, views)
   config.data.batch_size = config.get_ref("batch_size")  # one global batch size
+  config.sharding = sharding_config()
   config.train = train_config()
   config.train.update(SIZES[size].get("train", {}))
   return config

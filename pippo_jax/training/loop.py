@@ -15,7 +15,6 @@ arrays) in the same order; only writing files is gated on process 0.
 """
 import json
 import logging
-import math
 import os
 import signal
 import time
@@ -36,24 +35,6 @@ from pippo_jax.errors import ConfigError
 from pippo_jax.parallel import sharding
 from pippo_jax.training import run_lock, state as state_lib, step as step_lib
 from pippo_jax.training import transitions
-
-def mesh_from_config(mesh_cfg) -> jax.sharding.Mesh:
-  sizes = {k: int(mesh_cfg[k]) for k in sharding.MESH_AXES}
-  free = [k for k, v in sizes.items() if v == -1]
-  if len(free) > 1:
-    raise ConfigError(f"train.mesh: only one axis may be -1, got {sizes}")
-  known = math.prod(v for v in sizes.values() if v != -1)
-  if free:
-    if jax.device_count() % known:
-      raise ConfigError(f"train.mesh {sizes}: {jax.device_count()} devices are not divisible by "
-                        f"{known}")
-    sizes[free[0]] = jax.device_count() // known
-  n = math.prod(sizes.values())
-  if jax.process_count() == 1 and n < jax.device_count():
-    logging.warning("train.mesh %s uses %d of %d devices", sizes, n, jax.device_count())
-    return sharding.make_mesh(**sizes, devices=jax.devices()[:n])
-  return sharding.make_mesh(**sizes)
-
 
 def ensure_dataset(config, workdir: str) -> None:
   """With no dataset path and `train.synth.subjects` > 0 (the smoke size), build the synthetic
@@ -152,7 +133,8 @@ def train(config, workdir: str) -> dict:
 def _train(config, workdir: str) -> dict:
   from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
   cfg = ModelConfig.from_config(config.model)
-  mesh = mesh_from_config(config.train.mesh)
+  mesh = sharding.mesh_from_config(config.sharding.mesh)
+  rules = sharding.rules_from_config(config.sharding.rules)
   data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
   if config.batch_size % data_ways:
     raise ConfigError(f"batch_size={config.batch_size} is not divisible by the "
@@ -164,7 +146,7 @@ def _train(config, workdir: str) -> dict:
   schedule = schedule_lib.cosine_schedule(config.diffusion.num_timesteps, config.diffusion.cosine_s,
                                           config.diffusion.max_beta)
   use_ema = config.train.ema_decay > 0
-  state, shardings = state_lib.init_train_state(model, tx, cfg, mesh, config.seed, use_ema)
+  state, shardings = state_lib.init_train_state(model, tx, cfg, mesh, config.seed, use_ema, rules)
   abstract_state = jax.eval_shape(lambda: state)
 
   data_iter = pipelines.make_iterator(config.data)
@@ -188,10 +170,10 @@ def _train(config, workdir: str) -> dict:
       print(f"stage transition from {config.train.init_from}:\n{transitions.format_table(rows)}")
 
   step_fn = step_lib.compile_train_step(
-      shardings, mesh, model=model, tx=tx, codec=codec, cfg=cfg, schedule=schedule,
+      shardings, mesh, rules, model=model, tx=tx, codec=codec, cfg=cfg, schedule=schedule,
       diffusion_cfg=config.diffusion, ema_decay=float(config.train.ema_decay))
   keys = inputs.batch_keys(cfg, config.diffusion.loss_mask)
-  batch_sh = step_lib.batch_sharding(mesh)
+  batch_sh = sharding.batch_sharding(mesh, rules)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   num_steps = int(config.train.num_steps)
@@ -217,7 +199,7 @@ def _train(config, workdir: str) -> dict:
   try:
     for step in range(start + 1, num_steps + 1):
       batch = global_batch(next(data_iter), keys, batch_sh)
-      state, metrics = step_lib.run_step(step_fn, mesh, state, batch)
+      state, metrics = step_lib.run_step(step_fn, mesh, state, batch, rules)
       window.append(metrics)
       for hook in hooks:
         hook(step)
@@ -243,7 +225,8 @@ def _train(config, workdir: str) -> dict:
       checkpoints.save(manager, step, state, data_iter, config,
                        force=received is not None or step == num_steps)
       if config.train.sample_every and (step % config.train.sample_every == 0 or step == num_steps):
-        write_samples(workdir, writer, step, sampler, state, sample_batch, keys, batch_sh, mesh)
+        write_samples(workdir, writer, step, sampler, state, sample_batch, keys, batch_sh, mesh,
+                      rules)
       if received is not None:
         logging.warning("%s: saved a checkpoint at step %d; stopping", received, step)
         break
@@ -296,11 +279,11 @@ def make_sampler(model, codec, cfg, schedule, config):
       eta=config.diffusion.sampler.eta, parameterization=config.diffusion.prediction))
 
 
-def write_samples(workdir, writer, step, sampler, state, host_batch, keys, batch_sh, mesh):
+def write_samples(workdir, writer, step, sampler, state, host_batch, keys, batch_sh, mesh, rules):
   """DDIM samples of the fixed sample batch -> grid PNG (samples/step_N.png) and TensorBoard."""
   batch = global_batch(host_batch, keys, batch_sh)
   params = state.ema_params if state.ema_params is not None else state.params
-  with jax.set_mesh(mesh):
+  with sharding.activate(mesh, rules):
     images = sampler(params, batch)
   # Gathers are collectives: every process takes part; only process 0 writes.
   images, ref, tgt = (multihost_utils.process_allgather(a, tiled=True)

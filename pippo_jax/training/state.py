@@ -87,9 +87,10 @@ def _init_state(model, tx, cfg: ModelConfig, key, use_ema: bool) -> TrainState:
                     nonfinite=jnp.zeros((), jnp.int32))
 
 
-def state_shardings(model, tx, cfg: ModelConfig, mesh, use_ema: bool):
+def state_shardings(model, tx, cfg: ModelConfig, mesh, use_ema: bool,
+                    rules=sharding.LOGICAL_RULES):
   """(abstract TrainState, its NamedShardings) from the logical-axis rules."""
-  param_sh = sharding.param_shardings(params_lib.abstract(cfg, boxed=True), mesh)
+  param_sh = sharding.param_shardings(params_lib.abstract(cfg, boxed=True), mesh, rules)
   abstract = jax.eval_shape(lambda k: _init_state(model, tx, cfg, k, use_ema), jax.random.key(0))
   replicated = NamedSharding(mesh, P())
   opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, param_sh,
@@ -100,8 +101,9 @@ def state_shardings(model, tx, cfg: ModelConfig, mesh, use_ema: bool):
   return abstract, shardings
 
 
-def init_train_state(model: Pippo, tx, cfg: ModelConfig, mesh, seed: int, use_ema: bool):
+def init_train_state(model: Pippo, tx, cfg: ModelConfig, mesh, seed: int, use_ema: bool,
+                     rules=sharding.LOGICAL_RULES):
   """A freshly initialised TrainState, built directly in its shardings."""
-  _, shardings = state_shardings(model, tx, cfg, mesh, use_ema)
+  _, shardings = state_shardings(model, tx, cfg, mesh, use_ema, rules)
   init = jax.jit(lambda k: _init_state(model, tx, cfg, k, use_ema), out_shardings=shardings)
   return init(jax.random.key(seed)), shardings

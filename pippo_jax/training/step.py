@@ -7,7 +7,6 @@ the plain MSE between the model output and its target (epsilon, v or x0) is mini
 loss, gradient norm or update is not finite leaves the state untouched and counts itself in
 `state.nonfinite` (reset by the next good step).
 """
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -73,20 +72,15 @@ def train_step(state: TrainState, batch: dict, *, model, tx, codec, cfg: ModelCo
   return new_state, metrics
 
 
-def batch_sharding(mesh):
-  """Leading (batch) axis over the data-parallel mesh axes; the rest replicated."""
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
-
-
-def compile_train_step(state_shardings, mesh, **kwargs):
+def compile_train_step(state_shardings, mesh, rules=shard_lib.LOGICAL_RULES, **kwargs):
   """`train_step` jitted with state/batch shardings and the state donated. Call it inside
-  `with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES)` (see `run_step`)."""
+  `sharding.activate(mesh, rules)` (see `run_step`)."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   return jax.jit(lambda s, b: train_step(s, b, **kwargs),
-                 in_shardings=(state_shardings, batch_sharding(mesh)),
+                 in_shardings=(state_shardings, shard_lib.batch_sharding(mesh, rules)),
                  out_shardings=(state_shardings, replicated), donate_argnums=(0,))
 
 
-def run_step(step_fn, mesh, state, batch):
-  with jax.set_mesh(mesh), nn.logical_axis_rules(shard_lib.LOGICAL_RULES):
+def run_step(step_fn, mesh, state, batch, rules=shard_lib.LOGICAL_RULES):
+  with shard_lib.activate(mesh, rules):
     return step_fn(state, batch)

@@ -2,7 +2,9 @@
 import flax.linen as nn
 import jax
 import numpy as np
+import pytest
 
+from pippo_jax.errors import ConfigError
 from pippo_jax.models.config import ModelConfig
 from pippo_jax.models.pippo import Pippo, dummy_inputs
 from pippo_jax.parallel import sharding
@@ -50,3 +52,28 @@ def test_mesh_size_mismatch_is_a_clear_error():
     assert "does not match the 8 available devices" in str(e)
   else:
     raise AssertionError("expected ValueError")
+
+
+def test_config_rules_and_mesh_drive_the_shardings():
+  from pippo_jax.configs import p3_posttrain  # pylint: disable=g-import-not-at-top
+  config = p3_posttrain.get_config("size=smoke")
+  config.sharding.mesh.update(data=2, fsdp=2, tensor=-1)
+  rules = dict(sharding.rules_from_config(config.sharding.rules))
+  assert rules == dict(sharding.LOGICAL_RULES) and rules["act_batch"] == ("data", "fsdp")
+  mesh = sharding.mesh_from_config(config.sharding.mesh)
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+  assert sharding.batch_sharding(mesh).spec == jax.sharding.PartitionSpec(("data", "fsdp"))
+  # A rule changed in the config changes both the batch and the parameter shardings.
+  config.sharding.rules = [[k, None if k in ("mlp", "act_batch") else v] for k, v in rules.items()]
+  changed = sharding.rules_from_config(config.sharding.rules)
+  assert sharding.batch_sharding(mesh, changed).spec == jax.sharding.PartitionSpec(None)
+  x_t, t, cond = dummy_inputs(CFG, 1)
+  boxed = jax.eval_shape(Pippo(CFG).init, jax.random.key(0), x_t, t, cond)["params"]
+  kernel = lambda sh: sh["generator"]["blocks"]["in_proj"]["kernel"].spec
+  assert kernel(sharding.param_shardings(boxed, mesh)) == jax.sharding.PartitionSpec(
+      None, "fsdp", "tensor")
+  assert kernel(sharding.param_shardings(boxed, mesh, changed)) == jax.sharding.PartitionSpec(
+      None, "fsdp", None)
+  config.sharding.mesh.update(data=-1, fsdp=-1)
+  with pytest.raises(ConfigError, match="only one axis may be -1"):
+    sharding.mesh_from_config(config.sharding.mesh)

@@ -22,7 +22,8 @@ def small_config(stage, arg):
   config = importlib.import_module(f"pippo_jax.configs.{stage}").get_config(arg)
   config.model.update(width=64, depth=2, num_heads=2, cam_mlp_hidden=16)
   config.train.update(log_every=10, checkpoint_every=1000, sample_every=0, sample_steps=4,
-                      sample_batch=1, mesh=dict(data=1, fsdp=1, tensor=1), peak_flops=1e11)
+                      sample_batch=1, peak_flops=1e11)
+  config.sharding.mesh.update(data=1, fsdp=1, tensor=1)
   return config
 
 

@@ -70,7 +70,7 @@ class Run:
         diffusion_cfg=c.diffusion, ema_decay=float(c.train.ema_decay))
     metrics = []
     for host in self.batches:
-      batch = loop.global_batch(host, host.keys(), step_lib.batch_sharding(mesh))
+      batch = loop.global_batch(host, host.keys(), sharding.batch_sharding(mesh))
       state, m = step_lib.run_step(step_fn, mesh, state, batch)
       metrics.append(jax.device_get(m))
     return state, metrics

@@ -72,7 +72,7 @@ def test_readme_main_command_trains_checkpoints_samples_and_resumes(user_dir):
 
 @pytest.mark.parametrize("override, message", [
     ("--config.model.widht=3", 'unknown config key config.model.widht (did you mean "width"?)'),
-    ("--config.train.mesh.dat=2", "unknown config key config.train.mesh.dat"),
+    ("--config.sharding.mesh.dat=2", "unknown config key config.sharding.mesh.dat"),
     ("--config.model.width=wide", "flag --config.model.width=wide: invalid literal for int()"),
     ("--config.model.num_heads=3", "model.num_heads=3 does not divide model.width=128"),
     ("--config.optimizer.decay=cos", "optimizer.decay='cos'; choose from"),

@@ -41,7 +41,7 @@ def session_studio(tmp_path_factory):
 def tiny_config(data_path: str, *, batch_size: int = 8, stage: str = "p3_posttrain", **mesh):
   """A P3 smoke config shrunk to seconds per step: width 32, depth 2, two target views at 64 px.
 
-  `mesh` overrides `train.mesh` (unnamed axes are 1). Logging, checkpoints and samples are left to
+  `mesh` overrides `sharding.mesh` (unnamed axes are 1). Logging, checkpoints and samples are left to
   the caller; the MFU peak is fixed so no matmul benchmark runs.
   """
   config = importlib.import_module(f"pippo_jax.configs.{stage}").get_config("size=smoke,views=2")
@@ -51,7 +51,7 @@ def tiny_config(data_path: str, *, batch_size: int = 8, stage: str = "p3_posttra
   config.train.update(num_steps=4, log_every=2, checkpoint_every=2, sample_every=0,
                       peak_flops=1e12)
   if mesh:
-    config.train.mesh.update({**dict(data=1, fsdp=1, tensor=1), **mesh})
+    config.sharding.mesh.update({**dict(data=1, fsdp=1, tensor=1), **mesh})
   return config
 
 
@@ -62,7 +62,7 @@ def train_cli_args(*, batch_size: int, num_steps: int, checkpoint_every: int,
   return [
       "--config=configs/p3_posttrain.py:size=smoke,views=2", f"--config.batch_size={batch_size}",
       *(f"--config.model.{k}={v}" for k, v in TINY_MODEL.items()),
-      "--config.train.mesh.data=2", "--config.train.mesh.tensor=2",
+      "--config.sharding.mesh.data=2", "--config.sharding.mesh.tensor=2",
       f"--config.train.num_steps={num_steps}", f"--config.train.checkpoint_every={checkpoint_every}",
       "--config.train.log_every=1", f"--config.train.sample_every={sample_every}",
       "--config.train.sample_steps=4",
