@@ -134,6 +134,17 @@ def read_params(root: str, config: Any = None, step: int | None = None,
 # Whole training states: save and resume.
 
 
+class IteratorSnapshot:
+  """A data iterator's state at one moment, saved in its place (grain's checkpoint handler calls
+  `get_state`): the training loop reads one batch ahead of the step it checkpoints."""
+
+  def __init__(self, iterator):
+    self._state = json.dumps(iterator.get_state()).encode()
+
+  def get_state(self) -> bytes:
+    return self._state
+
+
 def save(manager: ocp.CheckpointManager, step: int, state, data_iterator, config,
          force: bool = False) -> bool:
   """Save a TrainState, the data iterator and the config at `step` if due (or `force`)."""

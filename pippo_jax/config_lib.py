@@ -114,7 +114,7 @@ def train_config() -> ml_collections.ConfigDict:
       max_nonfinite=10,           # stop after this many non-finite steps in a row
       init_from="",               # checkpoint of the previous stage (stage transition)
       profile_steps=0,            # >0: capture a profile of that many steps after warm-up
-      peak_flops=0.0,             # per-device peak for MFU; 0 = measure a float32 matmul here
+      peak_flops=0.0,             # per-device peak FLOP/s for MFU; 0 = flops.PEAK_FLOPS or none
       # With no data.path and subjects > 0, a synthetic studio of this size is built in
       # WORKDIR/cache and trained on; subjects = 0 asks for data.path instead.
       synth=dict(subjects=0, cameras=24, moments=1, images_per_subject=8),

@@ -43,17 +43,14 @@ def train_step_flops(cfg: ModelConfig, batch: int = 1, num_views: int | None = N
   return 3 * forward_flops(cfg, batch, num_views)["total"]
 
 
-def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
-  """This machine's best achieved float32 FLOP/s on an n x n x n jitted matmul (MFU reference)."""
-  import time  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  f = jax.jit(lambda x, y: x @ y)
-  jax.block_until_ready(f(a, a))
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(f(a, a))
-    best = min(best, time.perf_counter() - start)
-  return 2 * n ** 3 / best
+# Dense bfloat16 peak FLOP/s per chip (vendors' figures), by device-kind prefix: the MFU reference in
+# training logs when `train.peak_flops` is not set. CPUs have none (their peak depends on the part).
+PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+              "TPU v6 lite": 918e12, "TPU v6e": 918e12, "NVIDIA A100": 312e12,
+              "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA B200": 2250e12}
+
+
+def device_peak_flops(device) -> float | None:
+  """The peak FLOP/s of `device` from `PEAK_FLOPS`, or None when its kind is not listed."""
+  kind = getattr(device, "device_kind", "")
+  return next((v for k, v in PEAK_FLOPS.items() if kind.startswith(k)), None)

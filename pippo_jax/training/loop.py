@@ -19,8 +19,10 @@ import os
 import signal
 import time
 
+import flax
 import jax
 import numpy as np
+from clu import metrics as clu_metrics
 from jax.experimental import multihost_utils
 
 from pippo_jax.data_pipelines import pipelines
@@ -183,7 +185,10 @@ def _train(config, workdir: str) -> dict:
     hooks.append(periodic_actions.Profile(num_profile_steps=config.train.profile_steps,
                                           logdir=workdir))
   log = MetricsLog(workdir, start)
-  peak = config.train.peak_flops or flops.matmul_peak(repeats=3)
+  peak = config.train.peak_flops or flops.device_peak_flops(jax.devices()[0])
+  if not peak:
+    logging.info("MFU is not logged: no known peak for %s; set train.peak_flops (FLOP/s per "
+                 "device) to log it", jax.devices()[0].device_kind)
   step_flops = flops.train_step_flops(cfg, batch=config.batch_size)
 
   if config.train.sample_every:
@@ -194,35 +199,47 @@ def _train(config, workdir: str) -> dict:
     sample_batch = next(pipelines.make_iterator(sample_cfg))
     sampler = make_sampler(model, codec, cfg, schedule, config)
 
+  def next_batch():
+    """The next global batch and the data-iterator state just after it (what a checkpoint at its
+    step must hold: the loop reads one batch ahead)."""
+    return (global_batch(next(data_iter), keys, batch_sh),
+            checkpoints.IteratorSnapshot(data_iter))
+
   stop, received = StopSignals(), None
-  last, window, window_start = {}, [], time.perf_counter()
+  last, window, window_start = {}, None, time.perf_counter()
+  ahead, previous = (next_batch() if start < num_steps else None), None
   try:
     for step in range(start + 1, num_steps + 1):
-      batch = global_batch(next(data_iter), keys, batch_sh)
+      (batch, data_state), ahead = ahead, None
       state, metrics = step_lib.run_step(step_fn, mesh, state, batch, rules)
-      window.append(metrics)
+      # While the step runs: the next batch onto the devices, then the previous step's checks.
+      # Nothing here waits for this step except on logging steps.
+      if step < num_steps:
+        ahead = next_batch()
+      window = accumulate(window, metrics)
       for hook in hooks:
         hook(step)
-      if int(state.nonfinite) >= config.train.max_nonfinite:
-        raise FloatingPointError(
-            f"{int(state.nonfinite)} non-finite steps in a row at step {step} (loss, gradient "
-            "norm or update is NaN/inf): lower optimizer.lr or check the data; parameters were "
-            "left at the last finite step")
-      if step % config.train.log_every == 0 or step == num_steps:
-        elapsed = time.perf_counter() - window_start
-        host = jax.device_get(window)
-        last = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-        last["skipped"] = float(sum(1 - m["finite"] for m in host))
-        del last["finite"]
-        steps_per_s = len(window) / elapsed
+      logging_step = step % config.train.log_every == 0 or step == num_steps
+      for checked, at in ((previous, step - 1), (metrics if logging_step else None, step)):
+        if checked is not None and int(checked["nonfinite"]) >= config.train.max_nonfinite:
+          raise FloatingPointError(
+              f"{int(checked['nonfinite'])} non-finite steps in a row at step {at} (loss, "
+              "gradient norm or update is NaN/inf): lower optimizer.lr or check the data; "
+              "parameters were left at the last finite step")
+      previous = metrics
+      if logging_step:
+        window_metrics = window.compute()
+        steps_per_s = int(window.loss.count) / (time.perf_counter() - window_start)
+        last = {k: float(v) for k, v in window_metrics.items()}
         last.update(lr=float(state_lib.learning_rate(config.optimizer)(step)),
-                    steps_per_sec=steps_per_s, examples_per_sec=steps_per_s * config.batch_size,
-                    mfu=steps_per_s * step_flops / (peak * jax.device_count()))
-        writer.write_scalars(step, last)
-        log.write(step, last)
-        window, window_start = [], time.perf_counter()
+                    examples_per_sec=steps_per_s * config.batch_size)
+        if peak:
+          last["mfu"] = steps_per_s * step_flops / (peak * jax.device_count())
+        writer.write_scalars(step, last)  # clu's ReportProgress writes steps_per_sec
+        log.write(step, dict(last, steps_per_sec=steps_per_s))
+        window, window_start = None, time.perf_counter()
       received = stop.agreed()
-      checkpoints.save(manager, step, state, data_iter, config,
+      checkpoints.save(manager, step, state, data_state, config,
                        force=received is not None or step == num_steps)
       if config.train.sample_every and (step % config.train.sample_every == 0 or step == num_steps):
         write_samples(workdir, writer, step, sampler, state, sample_batch, keys, batch_sh, mesh,
@@ -238,6 +255,26 @@ def _train(config, workdir: str) -> dict:
     raise KeyboardInterrupt(f"saved a checkpoint at step {step} in {workdir}; run the same "
                             "command to resume")
   return last
+
+
+@flax.struct.dataclass
+class WindowMetrics(clu_metrics.Collection):
+  """Training metrics averaged over the steps between two log lines (`skipped` counts)."""
+  loss: clu_metrics.Average.from_output("loss")
+  grad_norm: clu_metrics.Average.from_output("grad_norm")
+  skipped: clu_metrics.Average.from_fun(lambda finite, **_: 1.0 - finite)
+
+  def compute(self) -> dict:
+    out = super().compute()
+    out["skipped"] = self.skipped.total
+    return out
+
+
+@jax.jit
+def accumulate(window: WindowMetrics | None, metrics: dict) -> WindowMetrics:
+  """Merge one step's metrics into the window on the devices (no host synchronisation)."""
+  step = WindowMetrics.single_from_model_output(**metrics)
+  return step if window is None else window.merge(step)
 
 
 class StopSignals:

@@ -68,7 +68,8 @@ def train_step(state: TrainState, batch: dict, *, model, tx, codec, cfg: ModelCo
       opt_state=keep(opt_state, state.opt_state), rng=jax.random.key_data(key),
       ema_params=None if ema is None else keep(ema, state.ema_params),
       nonfinite=jnp.where(finite, 0, state.nonfinite + 1))
-  metrics = dict(metrics, grad_norm=grad_norm, finite=finite.astype(jnp.float32))
+  metrics = dict(metrics, grad_norm=grad_norm, finite=finite.astype(jnp.float32),
+                 nonfinite=new_state.nonfinite)
   return new_state, metrics
 
 
