@@ -8,6 +8,7 @@ token count.
 
   python benchmarks/attention_memory.py --tokens 4096 16384 65536
 """
+
 import argparse
 import time
 
@@ -21,8 +22,8 @@ from pippo_jax.models import attention
 def _fns(impl, scale, block):
   def fwd(q, k, v):
     return attention.dot_product_attention(
-        q, k, v, scale=scale, implementation=impl, block_q=block,
-        block_kv=block)
+      q, k, v, scale=scale, implementation=impl, block_q=block, block_kv=block
+    )
 
   def fwd_bwd(q, k, v, d_out):
     _, vjp = jax.vjp(fwd, q, k, v)
@@ -62,28 +63,30 @@ def _time_forward(fwd, shape, dtype, repeats):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--tokens", type=int, nargs="+",
-                      default=[4096, 16384, 65536])
+  parser.add_argument("--tokens", type=int, nargs="+", default=[4096, 16384, 65536])
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--heads", type=int, default=24)
   parser.add_argument("--head-dim", type=int, default=64)
-  parser.add_argument("--dtype", default="float32",
-                      choices=["float32", "bfloat16"])
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   parser.add_argument("--block", type=int, default=512)
   parser.add_argument("--impls", nargs="+", default=["xla", "blockwise"])
-  parser.add_argument("--no-backward", action="store_true",
-                      help="skip compiling forward+backward")
-  parser.add_argument("--repeats", type=int, default=3,
-                      help="timed forward runs at the smallest token count")
+  parser.add_argument("--no-backward", action="store_true", help="skip compiling forward+backward")
+  parser.add_argument(
+    "--repeats", type=int, default=3, help="timed forward runs at the smallest token count"
+  )
   args = parser.parse_args()
 
   dtype = jnp.dtype(args.dtype)
-  scale = args.head_dim ** -0.5
-  print(f"backend={jax.default_backend()} batch={args.batch} "
-        f"heads={args.heads} head_dim={args.head_dim} dtype={dtype.name} "
-        f"block={args.block}")
-  header = (f"{'tokens':>7} | {'impl':<9} | {'fwd temp':>10} | "
-            f"{'fwd+bwd temp':>12} | {'compile s':>9} | {'fwd wall s':>10}")
+  scale = args.head_dim**-0.5
+  print(
+    f"backend={jax.default_backend()} batch={args.batch} "
+    f"heads={args.heads} head_dim={args.head_dim} dtype={dtype.name} "
+    f"block={args.block}"
+  )
+  header = (
+    f"{'tokens':>7} | {'impl':<9} | {'fwd temp':>10} | "
+    f"{'fwd+bwd temp':>12} | {'compile s':>9} | {'fwd wall s':>10}"
+  )
   print(header)
   print("-" * len(header))
   smallest = min(args.tokens)
@@ -100,8 +103,11 @@ def main():
       wall = "-"
       if n == smallest and args.repeats > 0:
         wall = f"{_time_forward(fwd, shape, dtype, args.repeats):.3f}"
-      print(f"{n:>7} | {impl:<9} | {_fmt_bytes(fwd_temp):>10} | "
-            f"{bwd_temp:>12} | {seconds:>9.1f} | {wall:>10}", flush=True)
+      print(
+        f"{n:>7} | {impl:<9} | {_fmt_bytes(fwd_temp):>10} | "
+        f"{bwd_temp:>12} | {seconds:>9.1f} | {wall:>10}",
+        flush=True,
+      )
 
 
 if __name__ == "__main__":

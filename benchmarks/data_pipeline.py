@@ -16,25 +16,28 @@ Also prints the studio's render time for many views at 128 px and the
 billion-record check: first-batch time and memory growth of host 255 of 256
 reading a 10^9-record source through the same slicing and global shuffle.
 """
+
 import argparse
 import io
 import os
 import time
 
-from absl import flags
 import psutil
+from absl import flags
 
-from pippo_jax.data_pipelines import config
-from pippo_jax.data_pipelines import pipelines
-from pippo_jax.data_pipelines import sources
-from pippo_jax.data_pipelines import synthetic_studio
+from pippo_jax.data_pipelines import config, pipelines, sources, synthetic_studio
 
 
 def _studio(data_dir, resolution):
   out = os.path.join(data_dir, f"studio_{resolution}")
   settings = synthetic_studio.StudioSettings(
-      seed=0, subjects=8, cameras=24, resolution=resolution,
-      images_per_subject=16, records_per_shard=64)
+    seed=0,
+    subjects=8,
+    cameras=24,
+    resolution=resolution,
+    images_per_subject=16,
+    records_per_shard=64,
+  )
   synthetic_studio.write_studio(out, settings, progress_stream=io.StringIO())
   return out
 
@@ -67,8 +70,9 @@ def _billion():
   proc = psutil.Process()
   before = proc.memory_info().rss
   start = time.perf_counter()
-  it = pipelines.make_iterator(cfg, process_index=255, process_count=256,
-                               source=sources.IndexSynthesizedSource(10**9))
+  it = pipelines.make_iterator(
+    cfg, process_index=255, process_count=256, source=sources.IndexSynthesizedSource(10**9)
+  )
   next(it)
   first = time.perf_counter() - start
   for _ in range(50):
@@ -84,22 +88,28 @@ def main():
   p.add_argument("--stages", default="p1,m2,p3")
   p.add_argument("--examples", type=int, default=30)
   p.add_argument("--render-views", type=int, default=256)
-  p.add_argument("--step-seconds", type=float, default=2.5,
-                 help="tiny P3@128 training step, batch 1 (4 views + ref)")
+  p.add_argument(
+    "--step-seconds",
+    type=float,
+    default=2.5,
+    help="tiny P3@128 training step, batch 1 (4 views + ref)",
+  )
   args = p.parse_args()
   flags.FLAGS.mark_as_parsed()
 
   seconds = _render_time(args.render_views)
-  print(f"studio render: {args.render_views} views at 128 px in {seconds:.2f} s "
-        f"({args.render_views / seconds:.0f} views/s)")
+  print(
+    f"studio render: {args.render_views} views at 128 px in {seconds:.2f} s "
+    f"({args.render_views / seconds:.0f} views/s)"
+  )
   first, growth = _billion()
-  print(f"10^9 records, host 255 of 256: first batch (8 examples) in {first:.3f} s, "
-        f"RSS growth after 51 batches {growth:.1f} MiB")
+  print(
+    f"10^9 records, host 255 of 256: first batch (8 examples) in {first:.3f} s, "
+    f"RSS growth after 51 batches {growth:.1f} MiB"
+  )
   consume = 1.0 / args.step_seconds
-  print(f"model consumption: {consume:.2f} ex/s (one batch-1 step per "
-        f"{args.step_seconds} s)\n")
-  print(f"{'pipeline':<10}{'res':>5}{'workers':>8}{'startup s':>11}{'ex/s':>8}"
-        f"{'headroom':>10}")
+  print(f"model consumption: {consume:.2f} ex/s (one batch-1 step per {args.step_seconds} s)\n")
+  print(f"{'pipeline':<10}{'res':>5}{'workers':>8}{'startup s':>11}{'ex/s':>8}{'headroom':>10}")
   for res in (int(r) for r in args.resolutions.split(",")):
     data = _studio(args.data_dir, res)
     for stage in args.stages.split(","):
@@ -108,8 +118,11 @@ def main():
         cfg = config.default_data_config(stage, res, 4)
         cfg.path, cfg.batch_size, cfg.worker_count = os.path.join(data, kind), 1, workers
         startup, rate = _throughput(cfg, args.examples)
-        print(f"{stage.upper():<10}{res:>5}{workers:>8}{startup:>11.2f}{rate:>8.1f}"
-              f"{rate / consume:>9.0f}x", flush=True)
+        print(
+          f"{stage.upper():<10}{res:>5}{workers:>8}{startup:>11.2f}{rate:>8.1f}"
+          f"{rate / consume:>9.0f}x",
+          flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -5,11 +5,12 @@
 Times the production code path: `training.step.loss_and_metrics` (batch -> model inputs, noising,
 condition drops, loss) and `training.step.compile_train_step` (the optimizer of
 `state.make_optimizer`, clipping, the non-finite guard, donated state) on a one-device mesh. The
-denoiser is what is timed: the batch holds latents and the codec passes them through (`LatentCodec`),
-so a VAE never runs. Model FLOPs utilisation is measured against this machine's float32 matmul
-peak, taken in the same run; a step counts 3 x the analytic forward FLOPs (`models.flops`), so
-rematerialisation shows up as lower MFU, not as more FLOPs.
+denoiser is what is timed: the batch holds latents and the codec passes them through
+(`LatentCodec`), so a VAE never runs. Model FLOPs utilisation is measured against this machine's
+float32 matmul peak, taken in the same run; a step counts 3 x the analytic forward FLOPs
+(`models.flops`), so rematerialisation shows up as lower MFU, not as more FLOPs.
 """
+
 import argparse
 import dataclasses
 import importlib.util
@@ -22,16 +23,19 @@ import numpy as np
 from pippo_jax import config_lib
 from pippo_jax.cli import common
 from pippo_jax.diffusion import schedule as schedule_lib
-from pippo_jax.models import flops, inputs, params as params_lib
+from pippo_jax.models import flops, inputs
+from pippo_jax.models import params as params_lib
 from pippo_jax.models.config import ModelConfig
 from pippo_jax.models.pippo import Pippo
 from pippo_jax.parallel import sharding
-from pippo_jax.training import state as state_lib, step as step_lib
+from pippo_jax.training import state as state_lib
+from pippo_jax.training import step as step_lib
 
 
 @dataclasses.dataclass(frozen=True)
 class LatentCodec:
   """The batch's image keys already hold latents: encode is the identity (the VAE is not timed)."""
+
   downsample: int = 1
 
   def encode(self, latents, key=None):
@@ -59,18 +63,23 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
   """This machine's best achieved float32 FLOP/s on an n x n x n jitted matmul (MFU reference)."""
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   f = jax.jit(lambda x, y: x @ y)
-  return 2 * n ** 3 / time_fn(lambda x: f(x, x), a, repeats)
+  return 2 * n**3 / time_fn(lambda x: f(x, x), a, repeats)
 
 
 def latent_batch(cfg: ModelConfig, batch: int, seed: int = 0) -> dict:
   """A host batch with the keys `models.inputs` reads, latents in place of images."""
   rng = np.random.default_rng(seed)
   v, s, c, px = cfg.num_views, cfg.latent_size, cfg.latent_channels, cfg.image_size
-  shapes = {"target_images": (batch, v, s, s, c), "ref_image": (batch, s, s, c),
-            "target_cam_pose": (batch, v, cfg.cam_pose_dim), "ref_cam_pose": (batch, cfg.cam_pose_dim),
-            "target_anchor": (batch, v, s, s, c), "ref_anchor": (batch, s, s, c),
-            "target_plucker": (batch, v, px, px, cfg.plucker_dim),
-            "ref_plucker": (batch, px, px, cfg.plucker_dim)}
+  shapes = {
+    "target_images": (batch, v, s, s, c),
+    "ref_image": (batch, s, s, c),
+    "target_cam_pose": (batch, v, cfg.cam_pose_dim),
+    "ref_cam_pose": (batch, cfg.cam_pose_dim),
+    "target_anchor": (batch, v, s, s, c),
+    "ref_anchor": (batch, s, s, c),
+    "target_plucker": (batch, v, px, px, cfg.plucker_dim),
+    "ref_plucker": (batch, px, px, cfg.plucker_dim),
+  }
   out = {k: rng.standard_normal(shape).astype(np.float32) for k, shape in shapes.items()}
   out.update(record_index=np.arange(batch, dtype=np.int32), epoch=np.zeros(batch, np.int32))
   return {k: out[k] for k in inputs.batch_keys(cfg)}
@@ -79,11 +88,12 @@ def latent_batch(cfg: ModelConfig, batch: int, seed: int = 0) -> dict:
 @dataclasses.dataclass
 class Bench:
   """The production functions of one config, compiled on one device, with their inputs."""
+
   config: object
   cfg: ModelConfig
-  forward: object       # params -> model output
-  loss_grad: object     # params -> ((loss, metrics), grads)
-  step: object          # (state, batch) -> (state, metrics), state donated
+  forward: object  # params -> model output
+  loss_grad: object  # params -> ((loss, metrics), grads)
+  step: object  # (state, batch) -> (state, metrics), state donated
   state: object
   batch: dict
   compile_s: dict
@@ -96,8 +106,9 @@ def build(config) -> Bench:
   model = Pippo(cfg)
   tx = state_lib.make_optimizer(config.optimizer, params_lib.abstract(cfg))
   codec = LatentCodec()
-  schedule = schedule_lib.cosine_schedule(config.diffusion.num_timesteps,
-                                          config.diffusion.cosine_s, config.diffusion.max_beta)
+  schedule = schedule_lib.cosine_schedule(
+    config.diffusion.num_timesteps, config.diffusion.cosine_s, config.diffusion.max_beta
+  )
   state, shardings = state_lib.init_train_state(model, tx, cfg, mesh, config.seed, use_ema=False)
   # Live zero-initialised layers (the output projection starts at zero).
   state = state.replace(params=jax.tree.map(lambda p: p + 0.01, state.params))
@@ -105,18 +116,27 @@ def build(config) -> Bench:
   key = jax.random.key(0)
   x0, cond = inputs.model_inputs(batch, codec, cfg)
   t = jnp.full((b,), 500, jnp.int32)
-  loss = lambda p: step_lib.loss_and_metrics(p, model, codec, cfg, schedule, config.diffusion,
-                                             batch, key)
+  loss = lambda p: step_lib.loss_and_metrics(
+    p, model, codec, cfg, schedule, config.diffusion, batch, key
+  )
   compile_s, fns = {}, {}
   for name, fn, args in (
-      ("forward", lambda p: model.apply({"params": p}, x0, t, cond), (state.params,)),
-      ("loss_grad", jax.value_and_grad(loss, has_aux=True), (state.params,))):
+    ("forward", lambda p: model.apply({"params": p}, x0, t, cond), (state.params,)),
+    ("loss_grad", jax.value_and_grad(loss, has_aux=True), (state.params,)),
+  ):
     start = time.perf_counter()
     fns[name] = jax.jit(fn).lower(*args).compile()
     compile_s[name] = time.perf_counter() - start
   step_fn = step_lib.compile_train_step(
-      shardings, mesh, model=model, tx=tx, codec=codec, cfg=cfg, schedule=schedule,
-      diffusion_cfg=config.diffusion)
+    shardings,
+    mesh,
+    model=model,
+    tx=tx,
+    codec=codec,
+    cfg=cfg,
+    schedule=schedule,
+    diffusion_cfg=config.diffusion,
+  )
   start = time.perf_counter()
   with sharding.activate(mesh):
     step = step_fn.lower(state, batch).compile()
@@ -150,29 +170,35 @@ def time_fn(fn, arg, repeats: int) -> float:
 def table(bench: Bench, repeats: int, peak: float) -> str:
   cfg, b = bench.cfg, bench.config.batch_size
   fwd_flops = flops.forward_flops(cfg, batch=b)["total"]
-  rows = [("forward", time_fn(bench.forward, bench.state.params, repeats), 1, "forward"),
-          ("forward+backward", time_fn(bench.loss_grad, bench.state.params, repeats), 3,
-           "loss_grad"),
-          ("train step (AdamW, clip)", time_step(bench, repeats), 3, "step")]
-  lines = [f"| {bench.config.stage} {cfg.dtype}, batch {b}, {cfg.num_views}+1 views | time s | "
-           "steps/s | examples/s | compile s | GFLOP/s | MFU % | temp GiB |",
-           "|---|---|---|---|---|---|---|---|"]
+  rows = [
+    ("forward", time_fn(bench.forward, bench.state.params, repeats), 1, "forward"),
+    ("forward+backward", time_fn(bench.loss_grad, bench.state.params, repeats), 3, "loss_grad"),
+    ("train step (AdamW, clip)", time_step(bench, repeats), 3, "step"),
+  ]
+  lines = [
+    f"| {bench.config.stage} {cfg.dtype}, batch {b}, {cfg.num_views}+1 views | time s | "
+    "steps/s | examples/s | compile s | GFLOP/s | MFU % | temp GiB |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
   compiled = {"forward": bench.forward, "loss_grad": bench.loss_grad, "step": bench.step}
   for name, seconds, mult, key in rows:
     mem = compiled[key].memory_analysis()
-    temp = getattr(mem, "temp_size_in_bytes", 0) / 2 ** 30 if mem else float("nan")
+    temp = getattr(mem, "temp_size_in_bytes", 0) / 2**30 if mem else float("nan")
     achieved = mult * fwd_flops / seconds
-    lines.append(f"| {name} | {seconds:.3f} | {1 / seconds:.2f} | {b / seconds:.2f} | "
-                 f"{bench.compile_s[key]:.1f} | {achieved / 1e9:.1f} | {100 * achieved / peak:.1f} | "
-                 f"{temp:.2f} |")
+    lines.append(
+      f"| {name} | {seconds:.3f} | {1 / seconds:.2f} | {b / seconds:.2f} | "
+      f"{bench.compile_s[key]:.1f} | {achieved / 1e9:.1f} | {100 * achieved / peak:.1f} | "
+      f"{temp:.2f} |"
+    )
   return "\n".join(lines)
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default="configs/p3_posttrain.py:size=tiny,res=128")
-  parser.add_argument("--dtype", default="float32",
-                      help="model.dtype: float32, bfloat16, or both (one table each)")
+  parser.add_argument(
+    "--dtype", default="float32", help="model.dtype: float32, bfloat16, or both (one table each)"
+  )
   parser.add_argument("--remat", default=None, help="override model.remat_policy")
   parser.add_argument("--attention", default=None, help="override model.attention_impl")
   parser.add_argument("--repeats", type=int, default=5)
@@ -180,15 +206,16 @@ def main():
   dtypes = ("float32", "bfloat16") if args.dtype == "both" else (args.dtype,)
   peak = matmul_peak()
   for dtype in dtypes:
-    config = load_config(args.config, dtype, remat_policy=args.remat,
-                         attention_impl=args.attention)
+    config = load_config(args.config, dtype, remat_policy=args.remat, attention_impl=args.attention)
     bench = build(config)
     cfg = bench.cfg
-    print(f"config {args.config}  dtype {cfg.dtype}  remat {cfg.remat_policy}  attention "
-          f"{cfg.attention_impl}  devices {jax.devices()[0].platform}  params "
-          f"{params_lib.count(bench.state.params) / 1e6:.2f}M  forward "
-          f"{flops.forward_flops(cfg, batch=config.batch_size)['total'] / 1e9:.1f} GFLOP  "
-          f"float32 matmul peak {peak / 1e9:.1f} GFLOP/s")
+    print(
+      f"config {args.config}  dtype {cfg.dtype}  remat {cfg.remat_policy}  attention "
+      f"{cfg.attention_impl}  devices {jax.devices()[0].platform}  params "
+      f"{params_lib.count(bench.state.params) / 1e6:.2f}M  forward "
+      f"{flops.forward_flops(cfg, batch=config.batch_size)['total'] / 1e9:.1f} GFLOP  "
+      f"float32 matmul peak {peak / 1e9:.1f} GFLOP/s"
+    )
     print(table(bench, args.repeats, peak) + "\n")
 
 

@@ -1,8 +1,8 @@
-"""Training-step time of the authors' PyTorch Pippo denoiser and ours, side by side.
+r"""Training-step time of the authors' PyTorch Pippo denoiser and ours, side by side.
 
   git clone https://github.com/facebookresearch/pippo /path/to/pippo   # the authors' release
   pip install -e .[release]                                           # torch, diffusers, omegaconf
-  python benchmarks/vs_release.py --release-src /path/to/pippo \\
+  python benchmarks/vs_release.py --release-src /path/to/pippo \
       [--config configs/p3_posttrain.py:size=tiny,res=128] [--batch 1,2] [--dtype float32,bfloat16]
 
 What is compared is the denoiser's training step on the same config and the same inputs, on CPU:
@@ -42,6 +42,7 @@ raises instead. Only configs with the camera MLP and ControlMLP (P3) are compare
 `--threads` threads; XLA's CPU client sizes its own thread pool to the machine, so keep `--threads`
 at the machine's core count for a like-for-like comparison.
 """
+
 import argparse
 import copy
 import gc
@@ -66,9 +67,13 @@ from pippo_jax.models import params as params_lib  # noqa: E402
 from pippo_jax.models.config import ModelConfig  # noqa: E402
 
 RELEASE_YML = "config/tiny/128_4v_tiny.yml"
-RELEASE_FILES = ("latent_diffusion/models/pippo.py", "latent_diffusion/models/dit.py",
-                 "latent_diffusion/models/control_mlp.py", "latent_diffusion/losses.py",
-                 RELEASE_YML)
+RELEASE_FILES = (
+  "latent_diffusion/models/pippo.py",
+  "latent_diffusion/models/dit.py",
+  "latent_diffusion/models/control_mlp.py",
+  "latent_diffusion/losses.py",
+  RELEASE_YML,
+)
 # Per-block cross-attention weights of the release's DiTBlock, unused with cond_self_attn.
 CROSS_ATTENTION = ("cond_attn_norm", "cond_attn_proj", "k_cond_norm")
 DTYPES = ("float32", "bfloat16")
@@ -89,8 +94,9 @@ def check_release_src(path: str | None) -> str:
     fail(f"--release-src {path}: not a directory ({hint})")
   missing = [f for f in RELEASE_FILES if not os.path.isfile(os.path.join(path, f))]
   if missing:
-    fail(f"--release-src {path} is not a checkout of facebookresearch/pippo (no {missing[0]}; "
-         f"{hint})")
+    fail(
+      f"--release-src {path} is not a checkout of facebookresearch/pippo (no {missing[0]}; {hint})"
+    )
   return os.path.abspath(path)
 
 
@@ -139,44 +145,62 @@ def release_model_kwargs(src: str, config) -> tuple[dict, list[str]]:
   parameterization = {"eps": "eps", "v": "v"}.get(config.diffusion.prediction)
   if parameterization is None:
     fail(f"diffusion.prediction={config.diffusion.prediction!r}: the release trains eps or v")
-  base = OmegaConf.to_container(OmegaConf.load(os.path.join(src, RELEASE_YML)).model,
-                                resolve=True)
+  base = OmegaConf.to_container(OmegaConf.load(os.path.join(src, RELEASE_YML)).model, resolve=True)
   kw = copy.deepcopy(base)
   kw.pop("class_name")
   s, c, px, w = cfg.latent_size, cfg.latent_channels, cfg.image_size, cfg.width
-  kw.update(parameterization=parameterization, img_size=px, ref_img_size=px, multiview_size=px,
-            num_views=cfg.num_views, p_drop_ref_img=0.0, p_drop_cam_pos_enc=0.0,
-            p_drop_control=0.0)
-  kw["generator"].update(in_channels=c, img_size=s, patch_size=cfg.patch_size, dim=w,
-                         depth=cfg.depth, num_heads=cfg.num_heads)
+  kw.update(
+    parameterization=parameterization,
+    img_size=px,
+    ref_img_size=px,
+    multiview_size=px,
+    num_views=cfg.num_views,
+    p_drop_ref_img=0.0,
+    p_drop_cam_pos_enc=0.0,
+    p_drop_control=0.0,
+  )
+  kw["generator"].update(
+    in_channels=c,
+    img_size=s,
+    patch_size=cfg.patch_size,
+    dim=w,
+    depth=cfg.depth,
+    num_heads=cfg.num_heads,
+  )
   if cfg.mlp_ratio != 4.0:  # the DiT's default
     kw["generator"]["mlp_ratio"] = cfg.mlp_ratio
-  kw["cam_mlp"].update(in_channels=cfg.cam_pose_dim, hidden_size=cfg.cam_mlp_hidden,
-                       out_channels=w)
+  kw["cam_mlp"].update(in_channels=cfg.cam_pose_dim, hidden_size=cfg.cam_mlp_hidden, out_channels=w)
   kw["ref_encoder"].update(img_size=s, in_channels=c, dim=w, patch_size=cfg.patch_size)
   kw["control_mlp"].update(hidden_size=w, depth=cfg.depth, in_channels=cfg.control_in_channels)
   siren = kw["control_mlp"]["plucker_siren_config"]
-  siren.update(layers=list(cfg.siren_hidden), in_features=cfg.plucker_dim,
-               out_features=cfg.siren_out)
+  siren.update(
+    layers=list(cfg.siren_hidden), in_features=cfg.plucker_dim, out_features=cfg.siren_out
+  )
   if (cfg.siren_w0_first, cfg.siren_w0) != (30.0, 1.0):  # the release SIREN's defaults
     siren.update(w0_initial=cfg.siren_w0_first, w0=cfg.siren_w0)
   kw["schedule"].update(num_timesteps=config.diffusion.num_timesteps)
   old, new = _flatten(base), _flatten(kw)
-  diffs = [f"{k}: {old.get(k, '(absent)')} -> {v}" for k, v in new.items()
-           if k not in old or old[k] != v]
+  diffs = [
+    f"{k}: {old.get(k, '(absent)')} -> {v}" for k, v in new.items() if k not in old or old[k] != v
+  ]
   return kw, diffs
 
 
 def release_inputs(batch: dict) -> dict:
   """Our host batch (channels last, no time axis) in the release's `Pippo.forward` layout."""
   t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
-  views = lambda a: t(np.asarray(a).transpose(0, 1, 4, 2, 3)[:, :, None])   # [B,NV,1,C,H,W]
+  views = lambda a: t(np.asarray(a).transpose(0, 1, 4, 2, 3)[:, :, None])  # [B,NV,1,C,H,W]
   single = lambda a: t(np.asarray(a).transpose(0, 3, 1, 2)[:, None, None])  # [B,1,1,C,H,W]
-  return dict(image=views(batch["target_images"]), ref_image=single(batch["ref_image"]),
-              kpts=views(batch["target_anchor"]), ref_kpts=single(batch["ref_anchor"]),
-              plucker=views(batch["target_plucker"]), ref_plucker=single(batch["ref_plucker"]),
-              cam_pose=t(np.asarray(batch["target_cam_pose"])[:, :, None]),
-              ref_cam_pose=t(np.asarray(batch["ref_cam_pose"])[:, None, None]))
+  return dict(
+    image=views(batch["target_images"]),
+    ref_image=single(batch["ref_image"]),
+    kpts=views(batch["target_anchor"]),
+    ref_kpts=single(batch["ref_anchor"]),
+    plucker=views(batch["target_plucker"]),
+    ref_plucker=single(batch["ref_plucker"]),
+    cam_pose=t(np.asarray(batch["target_cam_pose"])[:, :, None]),
+    ref_cam_pose=t(np.asarray(batch["ref_cam_pose"])[:, None, None]),
+  )
 
 
 class ReleaseStep:
@@ -202,8 +226,12 @@ class ReleaseStep:
     opt = config.optimizer
     self.model, self.loss_fn = model, losses.DenoisingLoss()
     self.optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=opt.lr, betas=(opt.b1, opt.b2),
-        eps=opt.eps, weight_decay=opt.weight_decay)
+      [p for p in model.parameters() if p.requires_grad],
+      lr=opt.lr,
+      betas=(opt.b1, opt.b2),
+      eps=opt.eps,
+      weight_decay=opt.weight_decay,
+    )
     self.grad_clip = opt.grad_clip
     self.inputs = release_inputs(batch)
     self.bf16 = dtype == "bfloat16"
@@ -211,9 +239,13 @@ class ReleaseStep:
   def param_counts(self) -> tuple[int, int]:
     """(all parameters, parameters without the unused per-block cross-attention)."""
     total = sum(p.numel() for p in self.model.parameters())
-    cross = sum(p.numel() for block in self.model.generator.blocks for name in CROSS_ATTENTION
-                if getattr(block, name, None) is not None
-                for p in getattr(block, name).parameters())
+    cross = sum(
+      p.numel()
+      for block in self.model.generator.blocks
+      for name in CROSS_ATTENTION
+      if getattr(block, name, None) is not None
+      for p in getattr(block, name).parameters()
+    )
     return total, total - cross
 
   def __call__(self) -> tuple[float, float]:
@@ -252,8 +284,12 @@ def machine() -> str:
   name = ""
   try:
     out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    name = next((line.split(":", 1)[1].strip() for line in out.splitlines()
-                 if line.startswith("Model name:")), "")
+    name = next(
+      (
+        line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name:")
+      ),
+      "",
+    )
   except OSError:
     pass
   flags = ""
@@ -265,13 +301,17 @@ def machine() -> str:
   if not name:
     try:
       with open("/proc/cpuinfo") as f:
-        name = next((line.split(":", 1)[1].strip() for line in f
-                     if line.startswith("model name")), "unknown CPU")
+        name = next(
+          (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+          "unknown CPU",
+        )
     except OSError:
       name = "unknown CPU"
   amx = "yes" if "amx_bf16" in flags.split() else "no"
-  return (f"{name}; amx_bf16: {amx}; {os.cpu_count()} CPUs; torch {torch.__version__} threads "
-          f"{torch.get_num_threads()}; jax {jax.__version__} devices {jax.devices()}")
+  return (
+    f"{name}; amx_bf16: {amx}; {os.cpu_count()} CPUs; torch {torch.__version__} threads "
+    f"{torch.get_num_threads()}; jax {jax.__version__} devices {jax.devices()}"
+  )
 
 
 def parse_list(text: str, kind, allowed=None) -> list:
@@ -283,12 +323,14 @@ def parse_list(text: str, kind, allowed=None) -> list:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--release-src", metavar="DIR",
-                      help="a checkout of https://github.com/facebookresearch/pippo")
+  parser.add_argument(
+    "--release-src", metavar="DIR", help="a checkout of https://github.com/facebookresearch/pippo"
+  )
   parser.add_argument("--config", default="configs/p3_posttrain.py:size=tiny,res=128")
   parser.add_argument("--batch", default="1,2", help="comma-separated batch sizes")
-  parser.add_argument("--dtype", default="float32,bfloat16",
-                      help="comma-separated: float32, bfloat16")
+  parser.add_argument(
+    "--dtype", default="float32,bfloat16", help="comma-separated: float32, bfloat16"
+  )
   parser.add_argument("--repeats", type=int, default=5, help="timed rounds (after one warm-up)")
   parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
   parser.add_argument("--seed", type=int, default=0, help="torch seed of the release model")
@@ -315,14 +357,17 @@ def main():
         print("release constructor differs from the yml in: " + ("; ".join(diffs) or "nothing"))
       bench = model_step.build(config)
       ours = OursStep(bench)
-      release = ReleaseStep(pippo, losses, kwargs, config, model_step.latent_batch(bench.cfg, b),
-                            dtype, args.seed)
+      release = ReleaseStep(
+        pippo, losses, kwargs, config, model_step.latent_batch(bench.cfg, b), dtype, args.seed
+      )
       if not counted:
         total, without_cross = release.param_counts()
         n_ours = params_lib.count(ours.state.params)
         verdict = "equal" if n_ours == without_cross else "DIFFERENT"
-        print(f"parameters: release {total:,} ({without_cross:,} without its unused "
-              f"cross-attention), ours {n_ours:,}: {verdict}")
+        print(
+          f"parameters: release {total:,} ({without_cross:,} without its unused "
+          f"cross-attention), ours {n_ours:,}: {verdict}"
+        )
         counted = True
       release()  # warm-up (ours is already compiled by build)
       ours()
@@ -333,17 +378,22 @@ def main():
           seconds, loss[name] = step()
           times[name].append(seconds)
       finite = "finite" if np.isfinite(list(loss.values())).all() else "NOT FINITE"
-      print(f"{dtype} batch {b}: last loss release {loss['release']:.4f}, ours "
-            f"{loss['ours']:.4f} ({finite})", flush=True)
+      print(
+        f"{dtype} batch {b}: last loss release {loss['release']:.4f}, ours "
+        f"{loss['ours']:.4f} ({finite})",
+        flush=True,
+      )
       rows.append((dtype, b, times["release"], times["ours"]))
       del release, ours, bench
       gc.collect()
 
-  print(f"\n| dtype | batch | release s (min / median) | ours s (min / median) | release / ours |")
+  print("\n| dtype | batch | release s (min / median) | ours s (min / median) | release / ours |")
   print("|---|---|---|---|---|")
   for dtype, b, rel, our in rows:
-    print(f"| {dtype} | {b} | {min(rel):.3f} / {statistics.median(rel):.3f} | "
-          f"{min(our):.3f} / {statistics.median(our):.3f} | {min(rel) / min(our):.2f} |")
+    print(
+      f"| {dtype} | {b} | {min(rel):.3f} / {statistics.median(rel):.3f} | "
+      f"{min(our):.3f} / {statistics.median(our):.3f} | {min(rel) / min(our):.2f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -5,15 +5,20 @@ Variants: `res`, `size` full/tiny/smoke, `views` (target views; default 24), `ba
   configs/m2_midtrain.py                  full model, 24 target views at 128 px
   configs/m2_midtrain.py:size=tiny,views=12
 """
+
 from pippo_jax import config_lib
 
 
 def get_config(arg: str | None = None):
   v = config_lib.parse_variant(arg, size="full", res=0, views=0, batch=0)
   smoke = v.size == "smoke"
-  config = config_lib.base_config("m2", size=v.size, res=v.res or (64 if smoke else 128),
-                                  views=v.views or (2 if smoke else 24),
-                                  batch=v.batch or (4 if smoke else 1))
+  config = config_lib.base_config(
+    "m2",
+    size=v.size,
+    res=v.res or (64 if smoke else 128),
+    views=v.views or (2 if smoke else 24),
+    batch=v.batch or (4 if smoke else 1),
+  )
   # Conditioning: the reference image and the camera MLP.
   config.model.update(use_cam_mlp=True, use_control_mlp=False)
   config.optimizer.update(lr=1e-4, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, grad_clip=1.0)

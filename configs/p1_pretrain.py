@@ -6,14 +6,20 @@ P1@128/256/512), `size` full/tiny/smoke, `views`, `batch`.
   configs/p1_pretrain.py                  full model at 128 px
   configs/p1_pretrain.py:res=256,size=tiny
 """
+
 from pippo_jax import config_lib
 
 
 def get_config(arg: str | None = None):
   v = config_lib.parse_variant(arg, size="full", res=0, views=1, batch=0)
   smoke = v.size == "smoke"
-  config = config_lib.base_config("p1", size=v.size, res=v.res or (64 if smoke else 128),
-                                  views=v.views, batch=v.batch or (4 if smoke else 1))
+  config = config_lib.base_config(
+    "p1",
+    size=v.size,
+    res=v.res or (64 if smoke else 128),
+    views=v.views,
+    batch=v.batch or (4 if smoke else 1),
+  )
   # Conditioning: the reference image only.
   config.model.update(use_cam_mlp=False, use_control_mlp=False)
   config.optimizer.update(lr=1e-4, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, grad_clip=1.0)

@@ -7,15 +7,20 @@ Variants: `res` (default 512), `size` full/tiny/smoke, `views` (default 4), `bat
   configs/p3_posttrain.py:size=tiny,res=128
   configs/p3_posttrain.py:size=smoke      the README's main job (64 px, 2 views, ~9 CPU minutes)
 """
+
 from pippo_jax import config_lib
 
 
 def get_config(arg: str | None = None):
   v = config_lib.parse_variant(arg, size="full", res=0, views=0, batch=0)
   smoke = v.size == "smoke"
-  config = config_lib.base_config("p3", size=v.size, res=v.res or (64 if smoke else 512),
-                                  views=v.views or (2 if smoke else 4),
-                                  batch=v.batch or (4 if smoke else 1))
+  config = config_lib.base_config(
+    "p3",
+    size=v.size,
+    res=v.res or (64 if smoke else 512),
+    views=v.views or (2 if smoke else 4),
+    batch=v.batch or (4 if smoke else 1),
+  )
   # Conditioning: the reference image, the camera MLP (from M2) and ControlMLP.
   config.model.update(use_cam_mlp=True, use_control_mlp=True)
   config.optimizer.update(lr=1e-4, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, grad_clip=1.0)

@@ -57,6 +57,7 @@ views)`. Keys:
   worker_buffer_size per-worker prefetch, in examples
   read_threads, read_buffer   threads and buffer of the in-process reader
 """
+
 from __future__ import annotations
 
 import ml_collections
@@ -64,30 +65,55 @@ import ml_collections
 STAGES = ("p1", "m2", "p3")
 
 
-def default_data_config(stage: str, resolution: int = 128,
-                        num_views: int = 4) -> ml_collections.ConfigDict:
+def default_data_config(
+  stage: str, resolution: int = 128, num_views: int = 4
+) -> ml_collections.ConfigDict:
   """Defaults for a stage ("p1", "m2", "p3")."""
   stage = stage.lower()
   if stage not in STAGES:
     raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
   multiview = stage != "p1"
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       kind="multiview" if multiview else "image",
-      source="array_record", path="", tfds_name="", tfds_data_dir="",
-      synthetic_length=10**9, split="train",
-      resolution=resolution, num_views=num_views if multiview else 1,
+      source="array_record",
+      path="",
+      tfds_name="",
+      tfds_data_dir="",
+      synthetic_length=10**9,
+      split="train",
+      resolution=resolution,
+      num_views=num_views if multiview else 1,
       with_controls=stage == "p3",
       background=(255, 255, 255),
-      crop="person", crop_margin=0.1,
-      ref_view_bias=3.0, targets_include_ref=False,
-      normalize_scene=True, align_head=True, scene_distance=1.0,
+      crop="person",
+      crop_margin=0.1,
+      ref_view_bias=3.0,
+      targets_include_ref=False,
+      normalize_scene=True,
+      align_head=True,
+      scene_distance=1.0,
       anchor=dict(radius=0.03, axis_length=0.12, line_width=0.012),
       ref_jitter=0.0 if multiview else 0.1,
-      face_resolution=max(32, resolution // 4), face_margin=0.25,
-      filters=dict(min_detection_confidence=0.5, min_person_size=0.2,
-                   min_visibility=0.5, min_quality=0.3, require_face=False),
-      corrupt_threshold=0.01, corrupt_min_records=200,
-      seed=0, shuffle=True, num_epochs=None, drop_remainder=True,
-      batch_size=1, worker_count=0, worker_buffer_size=2,
-      read_threads=2, read_buffer=8,
-  ))
+      face_resolution=max(32, resolution // 4),
+      face_margin=0.25,
+      filters=dict(
+        min_detection_confidence=0.5,
+        min_person_size=0.2,
+        min_visibility=0.5,
+        min_quality=0.3,
+        require_face=False,
+      ),
+      corrupt_threshold=0.01,
+      corrupt_min_records=200,
+      seed=0,
+      shuffle=True,
+      num_epochs=None,
+      drop_remainder=True,
+      batch_size=1,
+      worker_count=0,
+      worker_buffer_size=2,
+      read_threads=2,
+      read_buffer=8,
+    )
+  )

@@ -7,6 +7,7 @@ edges onto the output's edges, u' = (u - x) out_w / w, the mapping
 `cameras.crop_and_resize_intrinsics` applies to K; it antialiases when
 shrinking and fills what lies outside the image with `fill`.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,7 +17,7 @@ from PIL import Image
 
 
 def composite(image: np.ndarray, mask: np.ndarray, background) -> np.ndarray:
-  """image * mask + background * (1 - mask), mask uint8 0..255."""
+  """Image * mask + background * (1 - mask), mask uint8 0..255."""
   m = mask.astype(np.float32)[..., None] / 255.0
   bg = np.asarray(background, np.float32)
   return np.round(image * m + bg * (1 - m)).astype(np.uint8)
@@ -28,12 +29,10 @@ def mask_box(mask: np.ndarray) -> np.ndarray | None:
   cols = np.flatnonzero((mask > 127).any(0))
   if not len(rows):
     return None
-  return np.array([cols[0], rows[0], cols[-1] - cols[0] + 1,
-                   rows[-1] - rows[0] + 1], np.float64)
+  return np.array([cols[0], rows[0], cols[-1] - cols[0] + 1, rows[-1] - rows[0] + 1], np.float64)
 
 
-def square_box(box, margin: float = 0.0, scale: float = 1.0,
-               shift=(0.0, 0.0)) -> np.ndarray:
+def square_box(box, margin: float = 0.0, scale: float = 1.0, shift=(0.0, 0.0)) -> np.ndarray:
   """Square box around `box` with side max(w, h) * (1 + 2 margin) * scale,
   its centre moved by `shift` (fractions of the side)."""
   x, y, w, h = (float(v) for v in box)
@@ -45,12 +44,10 @@ def square_box(box, margin: float = 0.0, scale: float = 1.0,
 
 def centre_square(height: int, width: int) -> np.ndarray:
   side = min(height, width)
-  return np.array([(width - side) / 2, (height - side) / 2, side, side],
-                  np.float64)
+  return np.array([(width - side) / 2, (height - side) / 2, side, side], np.float64)
 
 
-def crop_resize(image: np.ndarray, box, out_hw: tuple[int, int],
-                fill=0) -> np.ndarray:
+def crop_resize(image: np.ndarray, box, out_hw: tuple[int, int], fill=0) -> np.ndarray:
   """Crops `box` (may leave the image) and resizes it to `out_hw`.
 
   Works for HxWx3 and HxW uint8 arrays. Bilinear with PIL's antialiasing.
@@ -70,8 +67,7 @@ def crop_resize(image: np.ndarray, box, out_hw: tuple[int, int],
   canvas = np.empty((max(ch, 1), max(cw, 1)) + image.shape[2:], np.uint8)
   canvas[:] = np.asarray(fill, np.uint8)
   if right > left and bottom > top:
-    canvas[top - oy:bottom - oy, left - ox:right - ox] = image[top:bottom, left:right]
+    canvas[top - oy : bottom - oy, left - ox : right - ox] = image[top:bottom, left:right]
   pil = Image.fromarray(canvas)
-  out = pil.resize((out_hw[1], out_hw[0]), Image.BILINEAR,
-                   box=(x0 - ox, y0 - oy, x1 - ox, y1 - oy))
+  out = pil.resize((out_hw[1], out_hw[0]), Image.BILINEAR, box=(x0 - ox, y0 - oy, x1 - ox, y1 - oy))
   return np.asarray(out)

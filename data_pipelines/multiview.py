@@ -16,29 +16,25 @@
 
 Only the chosen views are decoded. Output keys and shapes: see `schemas`.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
-from pippo_jax.data_pipelines import imageops
-from pippo_jax.data_pipelines import schemas
-from pippo_jax.data_pipelines import transforms
-from pippo_jax.geometry import anchors
-from pippo_jax.geometry import cameras
-from pippo_jax.geometry import normalize
-from pippo_jax.geometry import plucker
+from pippo_jax.data_pipelines import imageops, schemas, transforms
+from pippo_jax.geometry import anchors, cameras, normalize, plucker
 
 
-def frontal_cosines(E: np.ndarray, head_point: np.ndarray,
-                    head_rotation: np.ndarray) -> np.ndarray:
-  """cos of the angle between the face direction and each camera [C]."""
+def frontal_cosines(E: np.ndarray, head_point: np.ndarray, head_rotation: np.ndarray) -> np.ndarray:
+  """Cos of the angle between the face direction and each camera [C]."""
   to_cam = cameras.camera_centers(E) - head_point
   to_cam /= np.linalg.norm(to_cam, axis=-1, keepdims=True)
   return to_cam @ head_rotation[:, 2]
 
 
-def choose_views(cosines: np.ndarray, num_views: int, bias: float,
-                 include_ref: bool, rng: np.random.Generator):
+def choose_views(
+  cosines: np.ndarray, num_views: int, bias: float, include_ref: bool, rng: np.random.Generator
+):
   """(reference camera, target cameras [num_views])."""
   n = len(cosines)
   weights = np.exp(bias * (cosines - cosines.max()))
@@ -72,8 +68,9 @@ class MultiviewTransform:
     image = schemas.decode_image(rec["images"][cam], f"image {name} of {where}")
     mask = schemas.decode_image(rec["masks"][cam], f"mask {name} of {where}", "L")
     if mask.shape != image.shape[:2]:
-      raise schemas.RecordError(f"{where}: camera {name} mask {mask.shape} "
-                                f"vs image {image.shape[:2]}")
+      raise schemas.RecordError(
+        f"{where}: camera {name} mask {mask.shape} vs image {image.shape[:2]}"
+      )
     image = imageops.composite(image, mask, self.background)
     box = imageops.mask_box(mask) if self.crop == "person" else None
     if box is None:
@@ -94,8 +91,8 @@ class MultiviewTransform:
       scale = 1.0
       if self.normalize:
         E, scene = normalize.normalize_scene(
-            E, head_point, head_rot, target_distance=self.distance,
-            align_rotation=self.align_head)
+          E, head_point, head_rot, target_distance=self.distance, align_rotation=self.align_head
+        )
         head_point, head_rot = scene.head_pose(head_point, head_rot)
         scale = scene.scale
     except ValueError as e:
@@ -107,8 +104,7 @@ class MultiviewTransform:
       rec = transforms.decode(element, "capture")
       K, E, head_point, head_rot, scale = self._scene(rec, element["where"])
       cos = frontal_cosines(E, head_point, head_rot)
-      ref, targets = choose_views(cos, self.num_views, self.bias,
-                                  self.include_ref, rng)
+      ref, targets = choose_views(cos, self.num_views, self.bias, self.include_ref, rng)
       views = [self._view(rec, c, element["where"]) for c in [ref, *targets]]
     except schemas.RecordError as e:
       return transforms.skip("corrupt", element, str(e))
@@ -117,20 +113,26 @@ class MultiviewTransform:
     pose = cameras.camera_pose_16(E[chosen])
     Ks32, Es32 = Ks.astype(np.float32), E[chosen].astype(np.float32)
     out = {
-        "ref_image": images[0], "target_images": images[1:],
-        "ref_mask": masks[0], "target_masks": masks[1:],
-        "ref_cam_pose": pose[0], "target_cam_pose": pose[1:],
-        "ref_K": Ks32[0], "target_K": Ks32[1:],
-        "ref_E": Es32[0], "target_E": Es32[1:],
-        "ref_camera": np.int64(ref), "target_cameras": targets,
+      "ref_image": images[0],
+      "target_images": images[1:],
+      "ref_mask": masks[0],
+      "target_masks": masks[1:],
+      "ref_cam_pose": pose[0],
+      "target_cam_pose": pose[1:],
+      "ref_K": Ks32[0],
+      "target_K": Ks32[1:],
+      "ref_E": Es32[0],
+      "target_E": Es32[1:],
+      "ref_camera": np.int64(ref),
+      "target_cameras": targets,
     }
     if self.controls:
-      rays = plucker.plucker_rays(Ks, E[chosen], self.res, self.res,
-                                  dtype=np.float32)
+      rays = plucker.plucker_rays(Ks, E[chosen], self.res, self.res, dtype=np.float32)
       sizes = {k: v * scale for k, v in self.anchor.items()}
-      marks = anchors.render_spatial_anchors(Ks, E[chosen], head_point,
-                                             head_rot, self.res, self.res,
-                                             **sizes)
-      out.update(ref_plucker=rays[0], target_plucker=rays[1:],
-                 ref_anchor=marks[0], target_anchor=marks[1:])
+      marks = anchors.render_spatial_anchors(
+        Ks, E[chosen], head_point, head_rot, self.res, self.res, **sizes
+      )
+      out.update(
+        ref_plucker=rays[0], target_plucker=rays[1:], ref_anchor=marks[0], target_anchor=marks[1:]
+      )
     return out

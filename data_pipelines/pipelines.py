@@ -23,6 +23,7 @@ Guarantees:
   `restore_state` below as JSON bytes) restores exactly the batches that would
   have followed; it includes the skip counters.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from pippo_jax.data_pipelines import sources
-from pippo_jax.data_pipelines import transforms
+from pippo_jax.data_pipelines import sources, transforms
 from pippo_jax.errors import CorruptDataError
 
 _KINDS = {"image": "image", "multiview": "capture"}
@@ -63,8 +63,7 @@ class _SkipIterator(grain.DatasetIterator):
   `data_pipelines.config`).
   """
 
-  def __init__(self, parent, threshold: float, min_records: int,
-               epoch_records: int):
+  def __init__(self, parent, threshold: float, min_records: int, epoch_records: int):
     super().__init__(parent)
     self.threshold = threshold
     self.min_records = min(min_records, epoch_records)
@@ -85,27 +84,37 @@ class _SkipIterator(grain.DatasetIterator):
       if reason == "corrupt":
         self.last_corrupt = f"{ex['_where']}: {ex['_message']}"
         if c["corrupt"] <= _LOG_FIRST or math.log10(c["corrupt"]).is_integer():
-          logging.warning("skipping corrupt record %s (%d corrupt of %d seen): %s",
-                          ex["_where"], c["corrupt"], c["seen"], ex["_message"])
+          logging.warning(
+            "skipping corrupt record %s (%d corrupt of %d seen): %s",
+            ex["_where"],
+            c["corrupt"],
+            c["seen"],
+            ex["_message"],
+          )
       fraction = c["corrupt"] / c["seen"]
       if c["seen"] >= self.min_records and fraction > self.threshold:
         raise CorruptDataError(
-            f"{c['corrupt']} of {c['seen']} records read were corrupt "
-            f"({fraction:.1%} > data.corrupt_threshold={self.threshold:.1%}); "
-            f"last: {self.last_corrupt}. Check the dataset with "
-            "`pippo-data stats DIR --all` or raise data.corrupt_threshold.")
+          f"{c['corrupt']} of {c['seen']} records read were corrupt "
+          f"({fraction:.1%} > data.corrupt_threshold={self.threshold:.1%}); "
+          f"last: {self.last_corrupt}. Check the dataset with "
+          "`pippo-data stats DIR --all` or raise data.corrupt_threshold."
+        )
       if reason is None:
         c["emitted"] += 1
         return ex
       if c["emitted"] == 0 and c["seen"] >= self.give_up:
         raise CorruptDataError(
-            f"none of the first {c['seen']} records passed (corrupt: "
-            f"{c['corrupt']}, filtered: {c['filtered']}; last: {ex['_message']}); "
-            "check data.filters and the dataset")
+          f"none of the first {c['seen']} records passed (corrupt: "
+          f"{c['corrupt']}, filtered: {c['filtered']}; last: {ex['_message']}); "
+          "check data.filters and the dataset"
+        )
 
   def get_state(self) -> dict[str, Any]:
-    return {"parent": self._parent.get_state(), "counts": dict(self.counts),
-            "last_corrupt": self.last_corrupt}
+    return {
+      "parent": self._parent.get_state(),
+      "counts": dict(self.counts),
+      "last_corrupt": self.last_corrupt,
+    }
 
   def set_state(self, state: dict[str, Any]) -> None:
     self._parent.set_state(state["parent"])
@@ -114,7 +123,6 @@ class _SkipIterator(grain.DatasetIterator):
 
 
 class _SkipDataset(grain.IterDataset):
-
   def __init__(self, parent, **kwargs):
     super().__init__(parent)
     self._kwargs = kwargs
@@ -128,6 +136,7 @@ def make_transform(cfg):
     return transforms.ImageTransform(cfg)
   if cfg.kind == "multiview":
     from pippo_jax.data_pipelines import multiview  # pylint: disable=g-import-not-at-top
+
     return multiview.MultiviewTransform(cfg)
   raise ValueError(f"unknown data.kind {cfg.kind!r}: use 'image' or 'multiview'")
 
@@ -135,6 +144,7 @@ def make_transform(cfg):
 def _process_layout(process_index, process_count):
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top
+
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:
@@ -142,9 +152,14 @@ def _process_layout(process_index, process_count):
   return process_index, process_count
 
 
-def build_dataset(cfg, *, process_index: int | None = None,
-                  process_count: int | None = None, source=None,
-                  batch: bool = True) -> grain.IterDataset:
+def build_dataset(
+  cfg,
+  *,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  source=None,
+  batch: bool = True,
+) -> grain.IterDataset:
   """The pipeline of one process for the `data` config section `cfg`.
 
   Args:
@@ -157,37 +172,46 @@ def build_dataset(cfg, *, process_index: int | None = None,
   source = source if source is not None else sources.open_source(cfg)
   want = _KINDS.get(cfg.kind)
   if getattr(source, "kind", want) != want:
-    raise ValueError(f"data.kind={cfg.kind!r} needs {want} records but "
-                     f"{source!r} holds {source.kind} records")
+    raise ValueError(
+      f"data.kind={cfg.kind!r} needs {want} records but {source!r} holds {source.kind} records"
+    )
   n = len(source)
   if n == 0:
     raise ValueError(f"{source!r} is empty")
   if cfg.shuffle and n > 2**32:
-    raise ValueError(f"{source!r} has {n} records; the global shuffle supports "
-                     "at most 2^32 per source: split it into several sources")
+    raise ValueError(
+      f"{source!r} has {n} records; the global shuffle supports "
+      "at most 2^32 per source: split it into several sources"
+    )
   if cfg.batch_size % process_count:
-    raise ValueError(f"data.batch_size={cfg.batch_size} is not divisible by "
-                     f"the process count {process_count}")
+    raise ValueError(
+      f"data.batch_size={cfg.batch_size} is not divisible by the process count {process_count}"
+    )
   ds = grain.MapDataset.source(source)
   if cfg.shuffle:
     ds = ds.shuffle(seed=int(cfg.seed))
   ds = ds.repeat(cfg.num_epochs)
   ds = ds.map_with_index(_Example(make_transform(cfg), int(cfg.seed), n))
   ds = ds[process_index::process_count]
-  it = ds.to_iter_dataset(grain.ReadOptions(
-      num_threads=cfg.read_threads, prefetch_buffer_size=cfg.read_buffer))
+  it = ds.to_iter_dataset(
+    grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.read_buffer)
+  )
   if cfg.worker_count > 0:
-    it = it.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=cfg.worker_count,
-        per_worker_buffer_size=cfg.worker_buffer_size))
+    it = it.mp_prefetch(
+      grain.MultiprocessingOptions(
+        num_workers=cfg.worker_count, per_worker_buffer_size=cfg.worker_buffer_size
+      )
+    )
   # This process's share of one epoch: every process_count-th record.
   epoch_records = len(range(process_index, n, process_count))
-  it = _SkipDataset(it, threshold=float(cfg.corrupt_threshold),
-                    min_records=int(cfg.corrupt_min_records),
-                    epoch_records=epoch_records)
+  it = _SkipDataset(
+    it,
+    threshold=float(cfg.corrupt_threshold),
+    min_records=int(cfg.corrupt_min_records),
+    epoch_records=epoch_records,
+  )
   if batch:
-    it = it.batch(cfg.batch_size // process_count,
-                  drop_remainder=bool(cfg.drop_remainder))
+    it = it.batch(cfg.batch_size // process_count, drop_remainder=bool(cfg.drop_remainder))
   return it
 
 

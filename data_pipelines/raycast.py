@@ -22,6 +22,7 @@ Cameras follow `pippo_jax.geometry.cameras` (OpenCV axes: x right, y down,
 z forward, P = K[I|0]E); pixel (row i, column j) is centred at
 (u, v) = (j + 0.5, i + 0.5).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,8 +35,7 @@ _CHUNK_ELEMENTS = 1 << 22
 def _pixel_grid(height: int, width: int) -> np.ndarray:
   """Homogeneous pixel centres [H*W, 3] (u = column + 0.5, v = row + 0.5)."""
   v, u = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
-  return np.stack([u.ravel(), v.ravel(), np.ones(height * width, np.float32)],
-                  -1)
+  return np.stack([u.ravel(), v.ravel(), np.ones(height * width, np.float32)], -1)
 
 
 def camera_rays(K: np.ndarray, E: np.ndarray, height: int, width: int):
@@ -45,28 +45,28 @@ def camera_rays(K: np.ndarray, E: np.ndarray, height: int, width: int):
   R, t = E[:, :3, :3], E[:, :3, 3]
   origins = -np.einsum("vji,vj->vi", R, t)
   # d = R^T K^-1 [u, v, 1]: one [3, 3] matrix per view, applied by matmul.
-  to_world = np.swapaxes(R, 1, 2) @ np.linalg.inv(K)          # [V, 3, 3]
+  to_world = np.swapaxes(R, 1, 2) @ np.linalg.inv(K)  # [V, 3, 3]
   dirs = _pixel_grid(height, width) @ np.swapaxes(to_world, 1, 2).astype(np.float32)
   return origins.astype(np.float32), dirs.astype(np.float32)
 
 
 def _intersect(prims: dict, origins: np.ndarray, dirs: np.ndarray):
   """Nearest hit per ray: (depth [V, N] (inf: miss), primitive [V, N])."""
-  inv = (np.swapaxes(prims["rotation"], -1, -2)
-         / prims["radii"][:, :, None])                        # A_p  [P, 3, 3]
-  M = np.einsum("pki,pkj->pij", inv, inv)                     # [P, 3, 3]
-  m6 = np.stack([M[:, 0, 0], M[:, 1, 1], M[:, 2, 2],
-                 2 * M[:, 0, 1], 2 * M[:, 0, 2], 2 * M[:, 1, 2]], 0)
-  rel = origins[:, None, :] - prims["center"][None]           # [V, P, 3]
-  local = np.einsum("pij,vpj->vpi", inv, rel)                 # o'  [V, P, 3]
-  w = np.einsum("pji,vpj->vpi", inv, local)                   # [V, P, 3]
-  c = (local ** 2).sum(-1) - 1.0                              # [V, P]
+  inv = np.swapaxes(prims["rotation"], -1, -2) / prims["radii"][:, :, None]  # A_p  [P, 3, 3]
+  M = np.einsum("pki,pkj->pij", inv, inv)  # [P, 3, 3]
+  m6 = np.stack(
+    [M[:, 0, 0], M[:, 1, 1], M[:, 2, 2], 2 * M[:, 0, 1], 2 * M[:, 0, 2], 2 * M[:, 1, 2]], 0
+  )
+  rel = origins[:, None, :] - prims["center"][None]  # [V, P, 3]
+  local = np.einsum("pij,vpj->vpi", inv, rel)  # o'  [V, P, 3]
+  w = np.einsum("pji,vpj->vpi", inv, local)  # [V, P, 3]
+  c = (local**2).sum(-1) - 1.0  # [V, P]
   d0, d1, d2 = dirs[..., 0], dirs[..., 1], dirs[..., 2]
   quad = np.stack([d0 * d0, d1 * d1, d2 * d2, d0 * d1, d0 * d2, d1 * d2], -1)
   n_views, n_pix = dirs.shape[:2]
   # 2-D matmul: much faster than a broadcast 3-D one.
   a = (quad.reshape(-1, 6) @ m6.astype(np.float32)).reshape(n_views, n_pix, -1)
-  b = dirs @ np.swapaxes(w, 1, 2).astype(np.float32)         # [V, N, P]
+  b = dirs @ np.swapaxes(w, 1, 2).astype(np.float32)  # [V, N, P]
   disc = b * b
   disc -= a * c[:, None, :].astype(np.float32)
   miss = disc <= 0
@@ -74,7 +74,7 @@ def _intersect(prims: dict, origins: np.ndarray, dirs: np.ndarray):
   t = np.sqrt(disc, out=disc)
   t += b
   t /= a
-  np.negative(t, out=t)                                       # (-b - sqrt) / a
+  np.negative(t, out=t)  # (-b - sqrt) / a
   t[miss | (t <= 1e-4)] = np.inf
   idx = np.argmin(t, -1)
   return np.take_along_axis(t, idx[..., None], -1)[..., 0], idx
@@ -86,10 +86,11 @@ def _texture(kind, q, p, base, second):
   s = 1.0 / np.maximum(second[..., 3:], 1e-3)  # pattern frequency (1/m)
   alt = second[..., :3]
   stripes = np.sin(2 * np.pi * p[..., 2:3] * s) > 0.3
-  checker = (np.floor(p[..., 0:1] * s) + np.floor(p[..., 1:2] * s)
-             + np.floor(p[..., 2:3] * s)) % 2 == 1
+  checker = (
+    np.floor(p[..., 0:1] * s) + np.floor(p[..., 1:2] * s) + np.floor(p[..., 2:3] * s)
+  ) % 2 == 1
   frac = p * s - np.floor(p * s) - 0.5
-  dots = (frac ** 2).sum(-1, keepdims=True) < 0.09
+  dots = (frac**2).sum(-1, keepdims=True) < 0.09
   for code, sel in ((STRIPES, stripes), (CHECKER, checker), (DOTS, dots)):
     color = np.where((kind[..., None] == code) & sel, alt, color)
   face = kind == FACE
@@ -115,23 +116,29 @@ def _face(q, skin, hair):
 
 def _shade(prims, origins, dirs, depth, idx, lights):
   """RGB in [0, 1] for hit pixels (flattened)."""
-  rot = prims["rotation"][idx].astype(np.float32)             # [H, 3, 3]
+  rot = prims["rotation"][idx].astype(np.float32)  # [H, 3, 3]
   radii = prims["radii"][idx].astype(np.float32)
-  point = origins + depth[:, None] * dirs                     # world
+  point = origins + depth[:, None] * dirs  # world
   p = np.einsum("nji,nj->ni", rot, point - prims["center"][idx])  # metric
-  q = p / radii                                               # unit sphere
+  q = p / radii  # unit sphere
   normal = np.einsum("nij,nj->ni", rot, q / radii)
   normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
-  albedo = _texture(prims["texture"][idx], q, p, prims["color"][idx],
-                    prims["second"][idx])
+  albedo = _texture(prims["texture"][idx], q, p, prims["color"][idx], prims["second"][idx])
   light = lights["ambient"] + lights["sky"] * 0.5 * (1 + normal[:, 2:3])
   for direction, power in zip(lights["directions"], lights["powers"]):
     light = light + power * np.maximum(normal @ direction, 0)[:, None]
   return np.clip(albedo * light, 0, 1)
 
 
-def render(prims: dict, K: np.ndarray, E: np.ndarray, height: int, width: int,
-           lights: dict, background: np.ndarray) -> dict[str, np.ndarray]:
+def render(
+  prims: dict,
+  K: np.ndarray,
+  E: np.ndarray,
+  height: int,
+  width: int,
+  lights: dict,
+  background: np.ndarray,
+) -> dict[str, np.ndarray]:
   """Renders V views of one ellipsoid scene.
 
   Args:
@@ -152,25 +159,27 @@ def render(prims: dict, K: np.ndarray, E: np.ndarray, height: int, width: int,
     (camera z, inf off the figure).
   """
   prims = {k: np.asarray(v) for k, v in prims.items()}
-  prims = {k: (v.astype(np.float32) if v.dtype.kind == "f" else v)
-           for k, v in prims.items()}
+  prims = {k: (v.astype(np.float32) if v.dtype.kind == "f" else v) for k, v in prims.items()}
   n_views, n_pix, n_prims = len(K), height * width, len(prims["center"])
   origins, dirs = camera_rays(K, E, height, width)
   chunk = max(1, _CHUNK_ELEMENTS // max(1, n_pix * n_prims))
   depth = np.empty((n_views, n_pix), np.float32)
   index = np.empty((n_views, n_pix), np.int64)
   for s in range(0, n_views, chunk):
-    depth[s:s + chunk], index[s:s + chunk] = _intersect(
-        prims, origins[s:s + chunk], dirs[s:s + chunk])
+    depth[s : s + chunk], index[s : s + chunk] = _intersect(
+      prims, origins[s : s + chunk], dirs[s : s + chunk]
+    )
   hit = np.isfinite(depth)
   views = np.broadcast_to(np.arange(n_views)[:, None], hit.shape)[hit]
   rgb = _shade(prims, origins[views], dirs[hit], depth[hit], index[hit], lights)
-  image = np.broadcast_to(background, (n_views, height, width, 3)).reshape(
-      n_views, n_pix, 3).copy()
+  image = np.broadcast_to(background, (n_views, height, width, 3)).reshape(n_views, n_pix, 3).copy()
   image[hit] = np.round(rgb * 255).astype(np.uint8)
   part = np.full((n_views, n_pix), -1, np.int16)
   part[hit] = prims["part"][index[hit]]
   shape = (n_views, height, width)
-  return {"image": image.reshape(shape + (3,)),
-          "mask": (hit * np.uint8(255)).reshape(shape),
-          "part": part.reshape(shape), "depth": depth.reshape(shape)}
+  return {
+    "image": image.reshape(shape + (3,)),
+    "mask": (hit * np.uint8(255)).reshape(shape),
+    "part": part.reshape(shape),
+    "depth": depth.reshape(shape),
+  }

@@ -95,6 +95,7 @@ head at the origin, its axes on the world axes (`data.align_head`) and the
 mean camera distance at `data.scene_distance`. Images and K do not change;
 E, camera poses, Plücker maps and anchors are all computed in that frame.
 """
+
 from __future__ import annotations
 
 import io
@@ -129,14 +130,14 @@ def _pack(kind: str, fields: dict[str, Any], blobs: dict[str, Any]) -> bytes:
     else:
       arr = np.asarray(value)
       data = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
-      entry = {"type": "array", "dtype": arr.dtype.newbyteorder("<").str,
-               "shape": list(arr.shape)}
+      entry = {"type": "array", "dtype": arr.dtype.newbyteorder("<").str, "shape": list(arr.shape)}
     entry.update(offset=offset, size=len(data))
     table[name] = entry
     chunks.append(data)
     offset += len(data)
-  header = json.dumps({"kind": kind, "version": VERSION, "fields": fields,
-                       "blobs": table}, separators=(",", ":")).encode()
+  header = json.dumps(
+    {"kind": kind, "version": VERSION, "fields": fields, "blobs": table}, separators=(",", ":")
+  ).encode()
   return b"".join([MAGIC, _LEN.pack(len(header)), header, *chunks])
 
 
@@ -151,18 +152,19 @@ def _unpack(record: bytes, where: str) -> tuple[str, dict, dict]:
     raise RecordError(f"{where}: truncated record ({len(record)} bytes)")
   (hlen,) = _LEN.unpack_from(record, 4)
   try:
-    header = json.loads(record[8:8 + hlen])
+    header = json.loads(record[8 : 8 + hlen])
   except ValueError as e:
     raise RecordError(f"{where}: unreadable header ({e})") from e
   if header.get("version") != VERSION:
-    raise RecordError(f"{where}: record version {header.get('version')} "
-                      f"(this code reads version {VERSION})")
-  payload = memoryview(record)[8 + hlen:]
+    raise RecordError(
+      f"{where}: record version {header.get('version')} (this code reads version {VERSION})"
+    )
+  payload = memoryview(record)[8 + hlen :]
   blobs = {}
   for name, e in header["blobs"].items():
     if e["offset"] + e["size"] > len(payload):
       raise RecordError(f"{where}: blob {name!r} runs past the record end")
-    chunk = payload[e["offset"]:e["offset"] + e["size"]]
+    chunk = payload[e["offset"] : e["offset"] + e["size"]]
     if e["type"] == "bytes":
       blobs[name] = bytes(chunk)
     else:
@@ -183,24 +185,31 @@ def encode_capture(capture: dict[str, Any]) -> bytes:
   c = len(capture["images"])
   where = f"capture {capture.get('capture_id', '?')}"
   if len(capture["masks"]) != c or len(capture["camera_names"]) != c:
-    raise RecordError(f"{where}: {c} images but {len(capture['masks'])} masks "
-                      f"and {len(capture['camera_names'])} camera names")
+    raise RecordError(
+      f"{where}: {c} images but {len(capture['masks'])} masks "
+      f"and {len(capture['camera_names'])} camera names"
+    )
   for name, shape in CAPTURE_ARRAYS.items():
     if np.shape(capture[name]) != (c,) + shape:
-      raise RecordError(f"{where}: {name} has shape {np.shape(capture[name])}, "
-                        f"expected {(c,) + shape}")
+      raise RecordError(
+        f"{where}: {name} has shape {np.shape(capture[name])}, expected {(c,) + shape}"
+      )
   if np.shape(capture["head_point"]) != (3,):
     raise RecordError(f"{where}: head_point must have shape (3,)")
   if np.shape(capture["head_rotation"]) != (3, 3):
     raise RecordError(f"{where}: head_rotation must have shape (3, 3)")
-  fields = {"capture_id": str(capture["capture_id"]),
-            "subject_id": int(capture["subject_id"]),
-            "split": str(capture["split"]),
-            "camera_names": [str(n) for n in capture["camera_names"]]}
-  blobs = {"K": np.asarray(capture["K"], np.float64),
-           "E": np.asarray(capture["E"], np.float64),
-           "head_point": np.asarray(capture["head_point"], np.float64),
-           "head_rotation": np.asarray(capture["head_rotation"], np.float64)}
+  fields = {
+    "capture_id": str(capture["capture_id"]),
+    "subject_id": int(capture["subject_id"]),
+    "split": str(capture["split"]),
+    "camera_names": [str(n) for n in capture["camera_names"]],
+  }
+  blobs = {
+    "K": np.asarray(capture["K"], np.float64),
+    "E": np.asarray(capture["E"], np.float64),
+    "head_point": np.asarray(capture["head_point"], np.float64),
+    "head_rotation": np.asarray(capture["head_rotation"], np.float64),
+  }
   for i in range(c):
     blobs[f"image/{i}"] = capture["images"][i]
     blobs[f"mask/{i}"] = capture["masks"][i]
@@ -233,15 +242,20 @@ def encode_image_record(rec: dict[str, Any]) -> bytes:
   for name in ("person_box", "face_box"):
     if np.shape(rec[name]) != (4,):
       raise RecordError(f"{where}: {name} must be [x, y, w, h]")
-  fields = {"image_id": str(rec["image_id"]),
-            "subject_id": int(rec.get("subject_id", -1)),
-            "split": str(rec["split"]),
-            "height": int(rec["height"]), "width": int(rec["width"])}
+  fields = {
+    "image_id": str(rec["image_id"]),
+    "subject_id": int(rec.get("subject_id", -1)),
+    "split": str(rec["split"]),
+    "height": int(rec["height"]),
+    "width": int(rec["width"]),
+  }
   for name in IMAGE_SCORES:
     fields[name] = float(rec[name])
-  blobs = {"image": rec["image"],
-           "person_box": np.asarray(rec["person_box"], np.float32),
-           "face_box": np.asarray(rec["face_box"], np.float32)}
+  blobs = {
+    "image": rec["image"],
+    "person_box": np.asarray(rec["person_box"], np.float32),
+    "face_box": np.asarray(rec["face_box"], np.float32),
+  }
   return _pack("image", fields, blobs)
 
 
@@ -252,8 +266,7 @@ def decode_image_record(record: bytes, where: str = "record") -> dict[str, Any]:
     raise RecordError(f"{where}: expected an image record, found {kind!r}")
   out = dict(fields)
   try:
-    out.update(image=blobs["image"], person_box=blobs["person_box"],
-               face_box=blobs["face_box"])
+    out.update(image=blobs["image"], person_box=blobs["person_box"], face_box=blobs["face_box"])
   except KeyError as e:
     raise RecordError(f"{where}: image record lacks blob {e}") from e
   return out
@@ -281,7 +294,7 @@ def encode_image(array: np.ndarray, fmt: str = "png", quality: int = 95) -> byte
 # Size limits of a decoded image, checked from its header before any pixel is
 # decoded: a 1x1 "photo" is no training example, and a 144-megapixel one needs
 # gigabytes to decode. Records outside them count as corrupt.
-MIN_IMAGE_SIDE = 16            # pixels, both sides
+MIN_IMAGE_SIDE = 16  # pixels, both sides
 MAX_IMAGE_PIXELS = 64 * 10**6  # height * width
 _16BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 
@@ -302,14 +315,18 @@ def _to_8bit(im: Image.Image) -> Image.Image:
 def _check_size(width: int, height: int, where: str = "image") -> None:
   """Raises RecordError naming `where` unless the size is within the limits."""
   if min(width, height) < MIN_IMAGE_SIDE:
-    raise RecordError(f"{where}: {width}x{height} pixels, too small (both "
-                      f"sides must be at least schemas.MIN_IMAGE_SIDE="
-                      f"{MIN_IMAGE_SIDE} px)")
+    raise RecordError(
+      f"{where}: {width}x{height} pixels, too small (both "
+      f"sides must be at least schemas.MIN_IMAGE_SIDE="
+      f"{MIN_IMAGE_SIDE} px)"
+    )
   if width * height > MAX_IMAGE_PIXELS:
-    raise RecordError(f"{where}: {width}x{height} pixels "
-                      f"({width * height / 1e6:.1f} megapixels), too large "
-                      f"(at most schemas.MAX_IMAGE_PIXELS="
-                      f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels); downscale it")
+    raise RecordError(
+      f"{where}: {width}x{height} pixels "
+      f"({width * height / 1e6:.1f} megapixels), too large "
+      f"(at most schemas.MAX_IMAGE_PIXELS="
+      f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels); downscale it"
+    )
 
 
 def decode_image(data: bytes, where: str = "image", mode: str = "RGB") -> np.ndarray:

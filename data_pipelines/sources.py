@@ -19,6 +19,7 @@ Sources:
 * `IndexSynthesizedSource`: 10^9 (or any number of) image records made up from
   their index, nothing stored: for testing scale behaviour.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -29,8 +30,7 @@ import threading
 import numpy as np
 from array_record.python import array_record_module
 
-from pippo_jax.data_pipelines import schemas
-from pippo_jax.data_pipelines import writer
+from pippo_jax.data_pipelines import schemas, writer
 
 
 class ArrayRecordSource:
@@ -39,8 +39,9 @@ class ArrayRecordSource:
   def __init__(self, directory: str, split: str = "train"):
     index = writer.read_index(directory)
     if split not in index["splits"]:
-      raise writer.DatasetError(f"{directory} has no split {split!r}; splits: "
-                                f"{sorted(index['splits'])}")
+      raise writer.DatasetError(
+        f"{directory} has no split {split!r}; splits: {sorted(index['splits'])}"
+      )
     entry = index["splits"][split]
     self.directory, self.split, self.kind = directory, split, index["kind"]
     self.complete = entry["complete"]
@@ -53,9 +54,10 @@ class ArrayRecordSource:
     for s in shards:
       if s["start"] != expected:
         raise writer.DatasetError(
-            f"{directory} split {split!r}: shards are not contiguous at "
-            f"record {expected} (missing shard? an interrupted writer can be "
-            "resumed by re-running it)")
+          f"{directory} split {split!r}: shards are not contiguous at "
+          f"record {expected} (missing shard? an interrupted writer can be "
+          "resumed by re-running it)"
+        )
       expected += s["count"]
     self._len = expected
     self._readers = {}
@@ -84,7 +86,8 @@ class ArrayRecordSource:
         path = os.path.join(self.directory, name)
         try:
           self._readers[name] = array_record_module.ArrayRecordReader(
-              path, "readahead_buffer_size:0")
+            path, "readahead_buffer_size:0"
+          )
         except Exception as e:  # pylint: disable=broad-except
           self._failed[name] = f"shard {path} does not open: {e}"
           raise writer.DatasetError(self._failed[name]) from e
@@ -110,8 +113,10 @@ class ArrayRecordSource:
     self._lock = threading.Lock()
 
   def __repr__(self):
-    return (f"ArrayRecordSource({self.directory!r}, split={self.split!r}, "
-            f"kind={self.kind!r}, records={self._len})")
+    return (
+      f"ArrayRecordSource({self.directory!r}, split={self.split!r}, "
+      f"kind={self.kind!r}, records={self._len})"
+    )
 
 
 class TfdsSource:
@@ -119,10 +124,10 @@ class TfdsSource:
 
   def __init__(self, name: str, split: str = "train", data_dir: str | None = None):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
     self.name, self.split, self.data_dir = name, split, data_dir
     builder = tfds.builder(name, data_dir=data_dir)
-    self.kind = builder.info.metadata.get("record_kind") if (
-        builder.info.metadata) else None
+    self.kind = builder.info.metadata.get("record_kind") if (builder.info.metadata) else None
     if self.kind is None:
       self.kind = "capture" if "captures" in name else "image"
     self._source = tfds.data_source(name, split=split, data_dir=data_dir)
@@ -150,6 +155,7 @@ class IndexSynthesizedSource:
   metadata are pseudo-random functions of the index, so filters drop a fixed,
   known fraction.
   """
+
   kind = "image"
 
   def __init__(self, length: int = 10**9, size: int = 32, image_format: str = "png"):
@@ -167,14 +173,22 @@ class IndexSynthesizedSource:
     s = self.size
     image = np.empty((s, s, 3), np.uint8)
     image[:] = np.frombuffer(h[:3], np.uint8)
-    image[s // 4:, s // 3:2 * s // 3] = np.frombuffer(h[3:6], np.uint8) // 2
-    record = schemas.encode_image_record({
-        "image_id": f"synth{index}", "subject_id": index, "split": "train",
+    image[s // 4 :, s // 3 : 2 * s // 3] = np.frombuffer(h[3:6], np.uint8) // 2
+    record = schemas.encode_image_record(
+      {
+        "image_id": f"synth{index}",
+        "subject_id": index,
+        "split": "train",
         "image": schemas.encode_image(image, self.image_format),
-        "height": s, "width": s,
+        "height": s,
+        "width": s,
         "person_box": [s / 3, s / 4, s / 3, 3 * s / 4],
-        "detection_confidence": u[6], "visibility": u[7], "quality": u[8],
-        "face_box": [s / 3, s / 4, s / 3, s / 6]})
+        "detection_confidence": u[6],
+        "visibility": u[7],
+        "quality": u[8],
+        "face_box": [s / 3, s / 4, s / 3, s / 6],
+      }
+    )
     return {"record_index": index, "where": f"synth#{index}", "bytes": record}
 
   def __repr__(self):
@@ -186,13 +200,13 @@ def open_source(data_config) -> object:
   kind = data_config.source
   if kind == "array_record":
     if not data_config.path:
-      raise ValueError("data.path is empty: set it to a dataset directory "
-                       "(e.g. OUT/captures from `pippo-data synth --out OUT`)")
+      raise ValueError(
+        "data.path is empty: set it to a dataset directory "
+        "(e.g. OUT/captures from `pippo-data synth --out OUT`)"
+      )
     return ArrayRecordSource(data_config.path, data_config.split)
   if kind == "tfds":
-    return TfdsSource(data_config.tfds_name, data_config.split,
-                      data_config.tfds_data_dir or None)
+    return TfdsSource(data_config.tfds_name, data_config.split, data_config.tfds_data_dir or None)
   if kind == "synthetic_index":
     return IndexSynthesizedSource(data_config.synthetic_length)
-  raise ValueError(f"unknown data.source {kind!r}: use 'array_record', 'tfds' "
-                   "or 'synthetic_index'")
+  raise ValueError(f"unknown data.source {kind!r}: use 'array_record', 'tfds' or 'synthetic_index'")

@@ -24,6 +24,7 @@ with `tfds.data_source` (no TensorFlow needed for either)::
   decode or lie outside `schemas.decode_image`'s size limits are logged with
   their path and skipped; 16-bit photos are stored scaled to 8 bits.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,13 +34,12 @@ import logging
 import os
 import re
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 from PIL import Image
 
-from pippo_jax.data_pipelines import schemas
-from pippo_jax.data_pipelines import synthetic_studio
+from pippo_jax.data_pipelines import schemas, synthetic_studio
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -56,16 +56,18 @@ class _ThisFile:
 
 
 def _features():
-  return tfds.features.FeaturesDict({
+  return tfds.features.FeaturesDict(
+    {
       "record": tfds.features.Tensor(shape=(), dtype=np.object_),
       "id": tfds.features.Text(),
       "subject_id": tfds.features.Scalar(dtype=np.int64),
-  })
+    }
+  )
 
 
 @dataclasses.dataclass
 class SyntheticStudioConfig(tfds.core.BuilderConfig):
-  kind: str = "captures"           # or "images"
+  kind: str = "captures"  # or "images"
   seed: int = 0
   subjects: int = 8
   cameras: int = 32
@@ -76,10 +78,14 @@ class SyntheticStudioConfig(tfds.core.BuilderConfig):
 
   def settings(self) -> synthetic_studio.StudioSettings:
     return synthetic_studio.StudioSettings(
-        seed=self.seed, subjects=self.subjects, cameras=self.cameras,
-        resolution=self.resolution, moments=self.moments,
-        images_per_subject=self.images_per_subject,
-        test_fraction=self.test_fraction)
+      seed=self.seed,
+      subjects=self.subjects,
+      cameras=self.cameras,
+      resolution=self.resolution,
+      moments=self.moments,
+      images_per_subject=self.images_per_subject,
+      test_fraction=self.test_fraction,
+    )
 
 
 class PippoSyntheticStudio(tfds.core.GeneratorBasedBuilder):
@@ -87,20 +93,28 @@ class PippoSyntheticStudio(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   code_path = _ThisFile()
-  BUILDER_CONFIGS = [SyntheticStudioConfig(name="captures", kind="captures"),
-                     SyntheticStudioConfig(name="images", kind="images")]
+  BUILDER_CONFIGS = [
+    SyntheticStudioConfig(name="captures", kind="captures"),
+    SyntheticStudioConfig(name="images", kind="images"),
+  ]
 
   def _info(self):
     kind = "capture" if self.builder_config.kind == "captures" else "image"
     return tfds.core.DatasetInfo(
-        builder=self, description=__doc__, features=_features(),
-        metadata=tfds.core.MetadataDict(record_kind=kind))
+      builder=self,
+      description=__doc__,
+      features=_features(),
+      metadata=tfds.core.MetadataDict(record_kind=kind),
+    )
 
   def _split_generators(self, dl_manager):
     del dl_manager
     settings = self.builder_config.settings()
-    return {split: self._generate_examples(split, subjects)
-            for split, subjects in settings.split_subjects().items() if subjects}
+    return {
+      split: self._generate_examples(split, subjects)
+      for split, subjects in settings.split_subjects().items()
+      if subjects
+    }
 
   def _generate_examples(self, split, subjects):
     c = self.builder_config
@@ -110,14 +124,18 @@ class PippoSyntheticStudio(tfds.core.GeneratorBasedBuilder):
       for s in subjects:
         for m in range(c.moments):
           rec = synthetic_studio.make_capture(settings, s, m, split, cams)
-          yield rec["capture_id"], {"record": schemas.encode_capture(rec),
-                                    "id": rec["capture_id"], "subject_id": s}
+          yield (
+            rec["capture_id"],
+            {"record": schemas.encode_capture(rec), "id": rec["capture_id"], "subject_id": s},
+          )
     else:
       for s in subjects:
         for k in range(c.images_per_subject):
           rec = synthetic_studio.make_image(settings, s, k, split)
-          yield rec["image_id"], {"record": schemas.encode_image_record(rec),
-                                  "id": rec["image_id"], "subject_id": s}
+          yield (
+            rec["image_id"],
+            {"record": schemas.encode_image_record(rec), "id": rec["image_id"], "subject_id": s},
+          )
 
 
 @dataclasses.dataclass
@@ -132,8 +150,11 @@ def image_folder_config(folder: str, name: str = "") -> ImageFolderConfig:
   `pippo_image_folder/<name>`; another folder of the same name needs another
   name (or data dir), tfds reuses a prepared one.
   """
-  name = name or re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(
-      os.path.normpath(folder))).strip("_.") or "photos"
+  name = (
+    name
+    or re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(os.path.normpath(folder))).strip("_.")
+    or "photos"
+  )
   return ImageFolderConfig(name=name, folder=folder)
 
 
@@ -145,13 +166,19 @@ def _photo_record(path: str, rel: str, split: str, meta: dict) -> dict:
   with Image.open(io.BytesIO(data)) as im:
     if im.format not in ("JPEG", "PNG") or im.mode not in ("RGB", "L", "RGBA", "P"):
       data = schemas.encode_image(image, "png")  # e.g. 16-bit: stored as 8-bit
-  return {"image_id": rel, "subject_id": int(meta.get("subject_id", -1)),
-          "split": split, "image": data, "height": height, "width": width,
-          "person_box": meta.get("person_box", [0, 0, width, height]),
-          "detection_confidence": meta.get("detection_confidence", 1.0),
-          "visibility": meta.get("visibility", 1.0),
-          "quality": meta.get("quality", 1.0),
-          "face_box": meta.get("face_box", [0, 0, 0, 0])}
+  return {
+    "image_id": rel,
+    "subject_id": int(meta.get("subject_id", -1)),
+    "split": split,
+    "image": data,
+    "height": height,
+    "width": width,
+    "person_box": meta.get("person_box", [0, 0, width, height]),
+    "detection_confidence": meta.get("detection_confidence", 1.0),
+    "visibility": meta.get("visibility", 1.0),
+    "quality": meta.get("quality", 1.0),
+    "face_box": meta.get("face_box", [0, 0, 0, 0]),
+  }
 
 
 class PippoImageFolder(tfds.core.GeneratorBasedBuilder):
@@ -163,8 +190,11 @@ class PippoImageFolder(tfds.core.GeneratorBasedBuilder):
 
   def _info(self):
     return tfds.core.DatasetInfo(
-        builder=self, description=__doc__, features=_features(),
-        metadata=tfds.core.MetadataDict(record_kind="image"))
+      builder=self,
+      description=__doc__,
+      features=_features(),
+      metadata=tfds.core.MetadataDict(record_kind="image"),
+    )
 
   def _folder(self):
     folder = getattr(self.builder_config, "folder", "")
@@ -177,11 +207,9 @@ class PippoImageFolder(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager
     folder = self._folder()
-    subdirs = [d for d in sorted(os.listdir(folder))
-               if os.path.isdir(os.path.join(folder, d))]
+    subdirs = [d for d in sorted(os.listdir(folder)) if os.path.isdir(os.path.join(folder, d))]
     splits = {d: d for d in subdirs} or {"train": ""}
-    return {name: self._generate_examples(folder, sub)
-            for name, sub in splits.items()}
+    return {name: self._generate_examples(folder, sub) for name, sub in splits.items()}
 
   def _generate_examples(self, folder, sub):
     meta = {}
@@ -198,10 +226,11 @@ class PippoImageFolder(tfds.core.GeneratorBasedBuilder):
         continue
       rel = os.path.join(sub, name) if sub else name
       try:
-        rec = _photo_record(os.path.join(folder, rel), rel, split,
-                            meta.get(rel, {}))
+        rec = _photo_record(os.path.join(folder, rel), rel, split, meta.get(rel, {}))
       except Exception as e:  # pylint: disable=broad-except
         logging.warning("skipping photo %s: %s", os.path.join(folder, rel), e)
         continue
-      yield rel, {"record": schemas.encode_image_record(rec), "id": rel,
-                  "subject_id": rec["subject_id"]}
+      yield (
+        rel,
+        {"record": schemas.encode_image_record(rec), "id": rel, "subject_id": rec["subject_id"]},
+      )

@@ -10,19 +10,23 @@ Skip markers travel through the (possibly multi-process) pipeline to the main
 process, where `pipelines` counts, logs and drops them; a worker process never
 raises for a bad record.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
 
-from pippo_jax.data_pipelines import imageops
-from pippo_jax.data_pipelines import schemas
+from pippo_jax.data_pipelines import imageops, schemas
 
 
 def skip(reason: str, element: dict, message: str) -> dict:
-  return {"_skip": reason, "_where": element.get("where", "?"),
-          "_message": message, "record_index": element.get("record_index", -1)}
+  return {
+    "_skip": reason,
+    "_where": element.get("where", "?"),
+    "_message": message,
+    "record_index": element.get("record_index", -1),
+  }
 
 
 def decode(element: dict, kind: str) -> dict:
@@ -39,12 +43,10 @@ def filter_reason(record: dict[str, Any], filters) -> str | None:
   """Why an image record fails the P1 metadata filters (None: it passes)."""
   height = max(float(record["height"]), 1.0)
   checks = (
-      ("detection_confidence", record["detection_confidence"],
-       filters.min_detection_confidence),
-      ("person_size", float(record["person_box"][3]) / height,
-       filters.min_person_size),
-      ("visibility", record["visibility"], filters.min_visibility),
-      ("quality", record["quality"], filters.min_quality),
+    ("detection_confidence", record["detection_confidence"], filters.min_detection_confidence),
+    ("person_size", float(record["person_box"][3]) / height, filters.min_person_size),
+    ("visibility", record["visibility"], filters.min_visibility),
+    ("quality", record["quality"], filters.min_quality),
   )
   for name, value, threshold in checks:
     if value < threshold:
@@ -80,8 +82,12 @@ class ImageTransform:
     except schemas.RecordError as e:
       return skip("corrupt", element, str(e))
     if image.shape[:2] != (rec["height"], rec["width"]):
-      return skip("corrupt", element, f"{element['where']}: image is "
-                  f"{image.shape[:2]}, record says {(rec['height'], rec['width'])}")
+      return skip(
+        "corrupt",
+        element,
+        f"{element['where']}: image is "
+        f"{image.shape[:2]}, record says {(rec['height'], rec['width'])}",
+      )
     if self.crop == "person" and rec["person_box"][2] > 0:
       box = imageops.square_box(rec["person_box"], self.margin)
     else:
@@ -98,9 +104,16 @@ class ImageTransform:
     has_face = bool(face_box[2] > 0 and face_box[3] > 0)
     if has_face:
       face = imageops.crop_resize(
-          image, imageops.square_box(face_box, self.face_margin),
-          (self.face_res, self.face_res), self.background)
+        image,
+        imageops.square_box(face_box, self.face_margin),
+        (self.face_res, self.face_res),
+        self.background,
+      )
     else:
       face = np.zeros((self.face_res, self.face_res, 3), np.uint8)
-    return {"target_images": target[None], "ref_image": ref, "ref_face": face,
-            "ref_face_valid": np.bool_(has_face)}
+    return {
+      "target_images": target[None],
+      "ref_image": ref,
+      "ref_face": face,
+      "ref_face_valid": np.bool_(has_face),
+    }

@@ -18,13 +18,15 @@ missing or damaged `index.json`, `check_shard` a listed shard whose file is
 missing or has another size than the index lists (e.g. a copy cut short).
 Re-running the writer rewrites such shards.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from array_record.python import array_record_module
 
@@ -32,8 +34,10 @@ INDEX_FILE = "index.json"
 FORMAT = "pippo-records"
 # group_size:1 keeps every record individually addressable (random access).
 WRITER_OPTIONS = "group_size:1"
-REWRITE_HINT = ("re-run the command that wrote the dataset (e.g. the same "
-                "`pippo-data synth`); it rewrites what is missing or damaged")
+REWRITE_HINT = (
+  "re-run the command that wrote the dataset (e.g. the same "
+  "`pippo-data synth`); it rewrites what is missing or damaged"
+)
 
 
 class DatasetError(OSError):
@@ -53,20 +57,26 @@ def read_index(directory: str) -> dict[str, Any]:
   path = os.path.join(directory, INDEX_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(
-        f"{path} not found: not a pippo dataset directory (write one with "
-        "`pippo-data synth --out DIR` or a tfds builder)")
+      f"{path} not found: not a pippo dataset directory (write one with "
+      "`pippo-data synth --out DIR` or a tfds builder)"
+    )
   try:
     with open(path) as f:
       index = json.load(f)
   except (OSError, ValueError) as e:  # ValueError: JSON and UTF-8 errors
     raise DatasetError(
-        f"{path} is damaged ({type(e).__name__}: {e}); delete it and "
-        f"{REWRITE_HINT}") from e
-  if not isinstance(index, dict) or index.get("format") != FORMAT or not {
-      "kind", "splits"} <= index.keys():
-    raise DatasetError(f"{path} is not a {FORMAT} index (written by "
-                       "`data_pipelines.writer`): is this the dataset "
-                       "directory?")
+      f"{path} is damaged ({type(e).__name__}: {e}); delete it and {REWRITE_HINT}"
+    ) from e
+  if (
+    not isinstance(index, dict)
+    or index.get("format") != FORMAT
+    or not {"kind", "splits"} <= index.keys()
+  ):
+    raise DatasetError(
+      f"{path} is not a {FORMAT} index (written by "
+      "`data_pipelines.writer`): is this the dataset "
+      "directory?"
+    )
   return index
 
 
@@ -82,8 +92,7 @@ def check_shard(directory: str, shard: dict[str, Any]) -> str | None:
     return f"{path}: missing (listed in {INDEX_FILE})"
   size, listed = os.path.getsize(path), shard["bytes"]
   if size < listed:
-    return (f"{path}: truncated, {size} bytes on disk but {INDEX_FILE} lists "
-            f"{listed}")
+    return f"{path}: truncated, {size} bytes on disk but {INDEX_FILE} lists {listed}"
   if size > listed:
     return f"{path}: {size} bytes on disk but {INDEX_FILE} lists {listed}"
   return None
@@ -99,10 +108,8 @@ def _write_index(directory: str, index: dict[str, Any]) -> None:
 class Progress:
   """Prints `label: done/total (rate, eta)` at most every `interval` seconds."""
 
-  def __init__(self, label: str, total: int, interval: float = 2.0,
-               stream=sys.stderr):
-    self.label, self.total, self.interval, self.stream = (
-        label, total, interval, stream)
+  def __init__(self, label: str, total: int, interval: float = 2.0, stream=sys.stderr):
+    self.label, self.total, self.interval, self.stream = (label, total, interval, stream)
     self.start = self.last = time.perf_counter()
     self.done = 0
 
@@ -114,15 +121,25 @@ class Progress:
     self.last = now
     rate = done / max(now - self.start, 1e-9)
     eta = (self.total - done) / rate if rate > 0 else float("inf")
-    print(f"{self.label}: {done}/{self.total} records "
-          f"({100 * done / max(self.total, 1):.0f}%), {rate:.1f} rec/s, "
-          f"eta {eta:.0f}s", file=self.stream, flush=True)
+    print(
+      f"{self.label}: {done}/{self.total} records "
+      f"({100 * done / max(self.total, 1):.0f}%), {rate:.1f} rec/s, "
+      f"eta {eta:.0f}s",
+      file=self.stream,
+      flush=True,
+    )
 
 
-def write_split(directory: str, split: str, kind: str, num_records: int,
-                make_record: Callable[[int], bytes], records_per_shard: int,
-                meta: dict[str, Any] | None = None,
-                progress: Progress | None = None) -> dict[str, Any]:
+def write_split(
+  directory: str,
+  split: str,
+  kind: str,
+  num_records: int,
+  make_record: Callable[[int], bytes],
+  records_per_shard: int,
+  meta: dict[str, Any] | None = None,
+  progress: Progress | None = None,
+) -> dict[str, Any]:
   """Writes records `make_record(0..num_records-1)` as one split.
 
   Args:
@@ -146,20 +163,23 @@ def write_split(directory: str, split: str, kind: str, num_records: int,
   if index["kind"] != kind:
     raise DatasetError(f"{directory} holds {index['kind']} records, not {kind}")
   num_shards = max(1, -(-num_records // records_per_shard))
-  settings = {"num_records": num_records, "num_shards": num_shards,
-              "records_per_shard": records_per_shard, "meta": meta or {}}
+  settings = {
+    "num_records": num_records,
+    "num_shards": num_shards,
+    "records_per_shard": records_per_shard,
+    "meta": meta or {},
+  }
   entry = index["splits"].get(split)
   if entry is not None and entry["settings"] != settings:
     raise DatasetError(
-        f"{directory} split {split!r} was written with other settings "
-        f"({entry['settings']}); use a new directory or delete it")
+      f"{directory} split {split!r} was written with other settings "
+      f"({entry['settings']}); use a new directory or delete it"
+    )
   if entry is None:
-    entry = {"settings": settings, "shards": [], "num_records": 0,
-             "complete": False}
+    entry = {"settings": settings, "shards": [], "num_records": 0, "complete": False}
     index["splits"][split] = entry
   # Forget shards whose files vanished or were damaged; they are rewritten.
-  entry["shards"] = [s for s in entry["shards"]
-                     if check_shard(directory, s) is None]
+  entry["shards"] = [s for s in entry["shards"] if check_shard(directory, s) is None]
   done_files = {s["file"] for s in entry["shards"]}
   written = entry["num_records"] = sum(s["count"] for s in entry["shards"])
   for shard in range(num_shards):
@@ -178,9 +198,14 @@ def write_split(directory: str, split: str, kind: str, num_records: int,
     finally:
       writer.close()
     os.replace(tmp, os.path.join(directory, name))
-    entry["shards"].append({"file": name, "count": hi - lo, "start": lo,
-                            "bytes": os.path.getsize(
-                                os.path.join(directory, name))})
+    entry["shards"].append(
+      {
+        "file": name,
+        "count": hi - lo,
+        "start": lo,
+        "bytes": os.path.getsize(os.path.join(directory, name)),
+      }
+    )
     entry["shards"].sort(key=lambda s: s["start"])
     written += hi - lo
     entry["num_records"] = written

@@ -1,6 +1,6 @@
-"""Run N pippo-train processes on this machine as one multi-process JAX job.
+r"""Run N pippo-train processes on this machine as one multi-process JAX job.
 
-  python launch/local.py --num_processes 2 --devices_per_process 2 -- \\
+  python launch/local.py --num_processes 2 --devices_per_process 2 -- \
       --config configs/p3_posttrain.py:size=smoke --workdir /tmp/pippo_mp
 
 Each process gets `--coordinator 127.0.0.1:PORT --num_processes N --process_id I` (a free port),
@@ -14,6 +14,7 @@ SIGTERM to every process: pippo-train saves a checkpoint at a step all processes
 Processes still running `--grace_s` seconds later (e.g. stuck in a collective whose peer died) are
 killed with SIGKILL, as they are at once on a second signal.
 """
+
 import argparse
 import os
 import re
@@ -57,8 +58,14 @@ def kill(proc: subprocess.Popen) -> None:
     pass
 
 
-def launch(train_args, num_processes: int, devices_per_process: int, port: int = 0,
-           python: str = sys.executable, grace_s: float = 120.0) -> int:
+def launch(
+  train_args,
+  num_processes: int,
+  devices_per_process: int,
+  port: int = 0,
+  python: str = sys.executable,
+  grace_s: float = 120.0,
+) -> int:
   """Start the processes, wait for them; returns 0 or the first failing exit status."""
   coordinator = f"127.0.0.1:{port or free_port()}"
   env, lock = child_env(devices_per_process), threading.Lock()
@@ -66,8 +73,11 @@ def launch(train_args, num_processes: int, devices_per_process: int, port: int =
 
   def relay(signum, _):  # SIGTERM / Ctrl-C: every process saves a checkpoint and stops
     if relayed:  # a second signal: stop now
-      print(f"[launch] second {signal.Signals(signum).name}: killing the processes",
-            file=sys.stderr, flush=True)
+      print(
+        f"[launch] second {signal.Signals(signum).name}: killing the processes",
+        file=sys.stderr,
+        flush=True,
+      )
       for proc in procs:
         kill(proc)
       return
@@ -80,25 +90,41 @@ def launch(train_args, num_processes: int, devices_per_process: int, port: int =
   status = 0
   try:
     for i in range(num_processes):
-      cmd = [python, "-m", "pippo_jax.cli.train", *train_args, f"--coordinator={coordinator}",
-             f"--num_processes={num_processes}", f"--process_id={i}"]
-      proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              start_new_session=True)  # own group: Ctrl-C reaches us only
+      cmd = [
+        python,
+        "-m",
+        "pippo_jax.cli.train",
+        *train_args,
+        f"--coordinator={coordinator}",
+        f"--num_processes={num_processes}",
+        f"--process_id={i}",
+      ]
+      proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+      )  # own group: Ctrl-C reaches us only
       procs.append(proc)
-      threads.append(threading.Thread(target=forward, args=(proc.stdout, f"[p{i}] ", lock),
-                                      daemon=True))
+      threads.append(
+        threading.Thread(target=forward, args=(proc.stdout, f"[p{i}] ", lock), daemon=True)
+      )
       threads[-1].start()
     while any(p.poll() is None for p in procs):
       failed = [p for p in procs if p.returncode not in (None, 0)]
       if failed:  # the others would wait forever in a collective
         status = failed[0].returncode
-        print(f"[launch] process {procs.index(failed[0])} exited with status {status}; "
-              "killing the others", file=sys.stderr, flush=True)
+        print(
+          f"[launch] process {procs.index(failed[0])} exited with status {status}; "
+          "killing the others",
+          file=sys.stderr,
+          flush=True,
+        )
         break
       if relayed and time.monotonic() - relayed[0] > grace_s:
         status = 128 + signal.SIGKILL
-        print(f"[launch] processes still running {grace_s:g} s after SIGTERM: killing them",
-              file=sys.stderr, flush=True)
+        print(
+          f"[launch] processes still running {grace_s:g} s after SIGTERM: killing them",
+          file=sys.stderr,
+          flush=True,
+        )
         break
       time.sleep(0.1)
   finally:
@@ -114,24 +140,34 @@ def launch(train_args, num_processes: int, devices_per_process: int, port: int =
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], usage=(
+  parser = argparse.ArgumentParser(
+    description=__doc__.split("\n")[0],
+    usage=(
       "%(prog)s [--num_processes N] [--devices_per_process K] [--port P] [--grace_s S] -- "
-      "PIPPO_TRAIN_ARGS..."))
+      "PIPPO_TRAIN_ARGS..."
+    ),
+  )
   parser.add_argument("--num_processes", type=int, default=2)
   parser.add_argument("--devices_per_process", type=int, default=1)
   parser.add_argument("--port", type=int, default=0, help="coordinator port (0: a free one)")
-  parser.add_argument("--grace_s", type=float, default=120.0, help="seconds the processes get to "
-                      "save and exit after SIGTERM / Ctrl-C before they are killed")
-  parser.add_argument("train_args", nargs=argparse.REMAINDER,
-                      help="arguments for pippo-train, after `--`")
+  parser.add_argument(
+    "--grace_s",
+    type=float,
+    default=120.0,
+    help="seconds the processes get to save and exit after SIGTERM / Ctrl-C before they are killed",
+  )
+  parser.add_argument(
+    "train_args", nargs=argparse.REMAINDER, help="arguments for pippo-train, after `--`"
+  )
   args = parser.parse_args(argv)
   train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
   if args.num_processes < 1 or args.devices_per_process < 1:
     parser.error("--num_processes and --devices_per_process must be >= 1")
   if not train_args:
     parser.error("give the pippo-train arguments after `--` (at least --config and --workdir)")
-  return launch(train_args, args.num_processes, args.devices_per_process, args.port,
-                grace_s=args.grace_s)
+  return launch(
+    train_args, args.num_processes, args.devices_per_process, args.port, grace_s=args.grace_s
+  )
 
 
 if __name__ == "__main__":

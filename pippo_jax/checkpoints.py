@@ -20,6 +20,7 @@ step (an item missing or unreadable) is set aside in `ROOT/checkpoints_damaged/`
 from the newest intact one. Turning `train.ema_decay` on for an existing run starts the EMA from
 the restored parameters.
 """
+
 import json
 import logging
 import os
@@ -39,8 +40,16 @@ from pippo_jax.errors import CheckpointError, ConfigError
 SUBDIR = "checkpoints"
 ITEMS = ("params", "config", "ema", "train", "data")
 # Model keys that change neither the parameters nor the function the model computes.
-RUNTIME_KEYS = frozenset({"attention_impl", "attention_block_q", "attention_block_kv", "dtype",
-                          "remat_policy", "scan_blocks"})
+RUNTIME_KEYS = frozenset(
+  {
+    "attention_impl",
+    "attention_block_q",
+    "attention_block_kv",
+    "dtype",
+    "remat_policy",
+    "scan_blocks",
+  }
+)
 
 
 def config_dict(config: Any) -> dict:
@@ -52,30 +61,49 @@ def config_dict(config: Any) -> dict:
 def check_model_config(saved: Any, config: Any) -> None:
   """Raise ConfigError naming every model key whose value differs between two configs."""
   a, b = config_dict(saved).get("model", {}), config_dict(config).get("model", {})
-  diff = sorted(k for k in set(a) | set(b)
-                if k not in RUNTIME_KEYS and a.get(k, "<absent>") != b.get(k, "<absent>"))
+  diff = sorted(
+    k
+    for k in set(a) | set(b)
+    if k not in RUNTIME_KEYS and a.get(k, "<absent>") != b.get(k, "<absent>")
+  )
   if diff:
-    raise ConfigError("the checkpoint was written for a different model config; mismatching keys: "
-                      + ", ".join(f"model.{k} (checkpoint {a.get(k, '<absent>')!r}, given "
-                                  f"{b.get(k, '<absent>')!r})" for k in diff))
+    raise ConfigError(
+      "the checkpoint was written for a different model config; mismatching keys: "
+      + ", ".join(
+        f"model.{k} (checkpoint {a.get(k, '<absent>')!r}, given {b.get(k, '<absent>')!r})"
+        for k in diff
+      )
+    )
 
 
-def make_manager(root: str, keep: int | None = None, save_every: int = 1,
-                 read_only: bool = False) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_every,
-                                         enable_async_checkpointing=not read_only,
-                                         create=not read_only, read_only=read_only)
-  handlers = {"params": ocp.StandardCheckpointHandler(), "ema": ocp.StandardCheckpointHandler(),
-              "train": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
-              "data": grain.checkpoint.CheckpointHandler()}
-  return ocp.CheckpointManager(epath.Path(os.path.abspath(root)) / SUBDIR, options=options,
-                               item_names=ITEMS, item_handlers=handlers)
+def make_manager(
+  root: str, keep: int | None = None, save_every: int = 1, read_only: bool = False
+) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=keep,
+    save_interval_steps=save_every,
+    enable_async_checkpointing=not read_only,
+    create=not read_only,
+    read_only=read_only,
+  )
+  handlers = {
+    "params": ocp.StandardCheckpointHandler(),
+    "ema": ocp.StandardCheckpointHandler(),
+    "train": ocp.StandardCheckpointHandler(),
+    "config": ocp.JsonCheckpointHandler(),
+    "data": grain.checkpoint.CheckpointHandler(),
+  }
+  return ocp.CheckpointManager(
+    epath.Path(os.path.abspath(root)) / SUBDIR,
+    options=options,
+    item_names=ITEMS,
+    item_handlers=handlers,
+  )
 
 
 def _split(state) -> dict:
   """TrainState -> the arrays of the `params`, `ema` and `train` items."""
-  items = {"params": state.params,
-           "train": state.replace(params=None, ema_params=None)}
+  items = {"params": state.params, "train": state.replace(params=None, ema_params=None)}
   if state.ema_params is not None:
     items["ema"] = state.ema_params
   return items
@@ -89,27 +117,35 @@ def write_params(root: str, params: dict, config: Any) -> None:
   """Write `params` and the config as step 0 of ROOT (which must not hold a checkpoint yet).
   The parameters are checked against `config.model` first."""
   from pippo_jax.models import params as params_lib  # pylint: disable=g-import-not-at-top
+
   if os.path.isdir(os.path.join(root, SUBDIR)):
     raise FileExistsError(f"{root} already holds checkpoints")
   config = config_dict(config)
   params_lib.check_params(params, config["model"])
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
   with make_manager(root) as manager:
-    manager.save(0, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                            config=ocp.args.JsonSave(config)))
+    manager.save(
+      0,
+      args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params), config=ocp.args.JsonSave(config)
+      ),
+    )
     manager.wait_until_finished()
 
 
-def read_params(root: str, config: Any = None, step: int | None = None,
-                ema: bool = False) -> tuple[dict, dict]:
+def read_params(
+  root: str, config: Any = None, step: int | None = None, ema: bool = False
+) -> tuple[dict, dict]:
   """(parameters as float32 NumPy, saved config) of ROOT's newest step (or `step`).
 
   `ema=True` reads the EMA copy where the run kept one. With `config`, the saved model config
   must be compatible (`check_model_config`). Arrays land on the host, whatever mesh wrote them.
   """
   if not os.path.isdir(os.path.join(root, SUBDIR)):
-    raise FileNotFoundError(f"{root} holds no checkpoints (no {SUBDIR}/ folder): give a training "
-                            "workdir or a `pippo-convert` output")
+    raise FileNotFoundError(
+      f"{root} holds no checkpoints (no {SUBDIR}/ folder): give a training "
+      "workdir or a `pippo-convert` output"
+    )
   with make_manager(root, read_only=True) as manager:
     step = manager.latest_step() if step is None else step
     if step is None:
@@ -117,15 +153,18 @@ def read_params(root: str, config: Any = None, step: int | None = None,
     saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
     if config is not None:
       check_model_config(saved, config)
-    item = "ema" if ema and (epath.Path(manager.directory) / str(step) / "ema").exists() else "params"
+    item = (
+      "ema" if ema and (epath.Path(manager.directory) / str(step) / "ema").exists() else "params"
+    )
   # Restore onto this process's first device: the saved shardings name the writing run's devices
   # (another count, mesh or process layout fails orbax's topology check).
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   path = epath.Path(os.path.abspath(root)) / SUBDIR / str(step) / item
   with ocp.StandardCheckpointer() as checkpointer:
     metadata = checkpointer.metadata(path).item_metadata
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                          metadata)
+    target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata
+    )
     params = checkpointer.restore(path, target)
   return jax.tree.map(lambda x: np.asarray(x, np.float32), params), saved
 
@@ -145,19 +184,27 @@ class IteratorSnapshot:
     return self._state
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, data_iterator, config,
-         force: bool = False) -> bool:
+def save(
+  manager: ocp.CheckpointManager, step: int, state, data_iterator, config, force: bool = False
+) -> bool:
   """Save a TrainState, the data iterator and the config at `step` if due (or `force`)."""
   items = {k: ocp.args.StandardSave(v) for k, v in _split(state).items()}
-  return manager.save(step, args=ocp.args.Composite(
-      **items, data=grain.checkpoint.CheckpointSave(data_iterator),
-      config=ocp.args.JsonSave(config_dict(config))), force=force)
+  return manager.save(
+    step,
+    args=ocp.args.Composite(
+      **items,
+      data=grain.checkpoint.CheckpointSave(data_iterator),
+      config=ocp.args.JsonSave(config_dict(config)),
+    ),
+    force=force,
+  )
 
 
 def _with_shardings(abstract, shardings):
   """ShapeDtypeStructs carrying the target shardings (what orbax restores into)."""
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract, shardings)
+  return jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+  )
 
 
 def _restore_step(manager, step: int, abstract_state, shardings, data_iterator, config):
@@ -169,26 +216,36 @@ def _restore_step(manager, step: int, abstract_state, shardings, data_iterator, 
   if saved_ema and not run_ema:
     decay = saved["train"]["ema_decay"]
     raise ConfigError(
-        f"train.ema_decay=0, but the checkpoint at step {step} in {manager.directory} keeps EMA "
-        f"parameters (train.ema_decay={decay}): pass --config.train.ema_decay={decay} to resume "
-        "it, or --config.train.init_from=<that workdir> in a new workdir to start over without EMA")
+      f"train.ema_decay=0, but the checkpoint at step {step} in {manager.directory} keeps EMA "
+      f"parameters (train.ema_decay={decay}): pass --config.train.ema_decay={decay} to resume "
+      "it, or --config.train.init_from=<that workdir> in a new workdir to start over without EMA"
+    )
   targets = _split(_with_shardings(abstract_state, shardings))
   if not saved_ema:
     targets.pop("ema", None)
-  restored = manager.restore(step, args=ocp.args.Composite(
+  restored = manager.restore(
+    step,
+    args=ocp.args.Composite(
       **{k: ocp.args.StandardRestore(v) for k, v in targets.items()},
-      data=grain.checkpoint.CheckpointRestore(data_iterator)))
+      data=grain.checkpoint.CheckpointRestore(data_iterator),
+    ),
+  )
   params = restored["params"]
   ema = restored["ema"] if saved_ema else None
   if run_ema and not saved_ema:
-    logging.warning("train.ema_decay=%s: the checkpoint at step %d has no EMA parameters; the EMA "
-                    "starts from its parameters", config.train.ema_decay, step)
+    logging.warning(
+      "train.ema_decay=%s: the checkpoint at step %d has no EMA parameters; the EMA "
+      "starts from its parameters",
+      config.train.ema_decay,
+      step,
+    )
     ema = jax.tree.map(jnp.copy, params)
   return restored["train"].replace(params=params, ema_params=ema)
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state, shardings, data_iterator,
-                   config):
+def restore_latest(
+  manager: ocp.CheckpointManager, abstract_state, shardings, data_iterator, config
+):
   """Restore the newest intact step into the current shardings; returns (state, step) or
   (None, 0).
 
@@ -208,8 +265,12 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, shardings, da
       reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
       damaged.append(step)
       reasons.append(reason)
-      logging.warning("checkpoint step %d in %s cannot be restored (%s); trying the next older "
-                      "step", step, manager.directory, reason)
+      logging.warning(
+        "checkpoint step %d in %s cannot be restored (%s); trying the next older step",
+        step,
+        manager.directory,
+        reason,
+      )
       continue
     if damaged:
       _set_aside(manager, damaged)
@@ -217,9 +278,11 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, shardings, da
     logging.info("restored step %d from %s", step, manager.directory)
     return state, step
   if damaged:  # nothing restores: a mismatch with this run, not damage; move nothing
-    raise CheckpointError(f"no checkpoint in {manager.directory} can be restored (steps "
-                          f"{', '.join(map(str, damaged))}; the newest: {reasons[0]}); the log "
-                          "above has each reason")
+    raise CheckpointError(
+      f"no checkpoint in {manager.directory} can be restored (steps "
+      f"{', '.join(map(str, damaged))}; the newest: {reasons[0]}); the log "
+      "above has each reason"
+    )
   return None, 0
 
 

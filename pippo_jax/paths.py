@@ -4,6 +4,7 @@ orbax, tensorstore and Grain need absolute paths (orbax's background save thread
 relative one), so every path a user gives a CLI or `training.loop.train` goes through `resolve`
 first: `~` expanded, made absolute against the current directory.
 """
+
 import os
 import tempfile
 

@@ -1,4 +1,5 @@
 """Test-wide set-up: 8 fake CPU devices for sharding tests, float32 defaults."""
+
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -9,7 +10,8 @@ import sys
 
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # tests/ helpers: golden_io, reference
+# tests/ helpers: golden_io, reference
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
 GOLDEN = SHARED / "golden" / "release_s0"

@@ -7,6 +7,7 @@
 
 Errors print one line, `PROGRAM: error: MESSAGE`, to stderr; no traceback for a user's mistake.
 """
+
 import os
 import re
 import sys
@@ -19,8 +20,14 @@ USAGE, FAILED, INTERRUPTED = 2, 1, 130
 HELP_FLAGS = ("-h", "--help", "-help", "--helpshort")
 # Errors that are the user's to fix (a file, a path, a busy workdir, bad data, a diverged run):
 # one line, exit 1.
-USER_ERRORS = (OSError, ImportError, FloatingPointError, errors.CheckpointError,
-               errors.CorruptDataError, errors.WorkdirBusyError)
+USER_ERRORS = (
+  OSError,
+  ImportError,
+  FloatingPointError,
+  errors.CheckpointError,
+  errors.CorruptDataError,
+  errors.WorkdirBusyError,
+)
 
 
 def program_argv(program: str, argv=None) -> list[str]:
@@ -43,6 +50,7 @@ def packaged_config(spec: str) -> str:
   if os.path.exists(path) or os.path.dirname(os.path.normpath(path)) != "configs":
     return spec
   from pippo_jax import configs  # pylint: disable=g-import-not-at-top
+
   installed = os.path.join(os.path.dirname(configs.__file__), os.path.basename(path))
   return installed + colon + variant if os.path.exists(installed) else spec
 
@@ -75,7 +83,7 @@ def usage_message(error: BaseException, argv) -> str:
 
 
 def absl_logging() -> None:
-  """absl logging at INFO through its own handler, absl flags marked parsed (Grain reads them): what
+  """Absl logging at INFO through its own handler, absl flags marked parsed (Grain reads them): what
   `absl.app.run` would set up."""
   flags.FLAGS.mark_as_parsed()
   logging.use_absl_handler()
@@ -118,6 +126,7 @@ def guarded(program: str, body, *args):
 def config_value(program: str, config_flag):
   """A config flag's value, validated; a config file that cannot be loaded is a usage error."""
   from pippo_jax import config_lib  # pylint: disable=g-import-not-at-top
+
   try:  # ml_collections loads the file lazily: a missing one raises OSError on first use
     return None if config_flag.value is None else config_lib.validate(config_flag.value)
   except OSError as e:

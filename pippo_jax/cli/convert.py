@@ -20,11 +20,11 @@ params + config, see `pippo_jax.checkpoints`) that training and sampling start f
 loader's default); the dropped tensors keep their initial values there, and its forward pass
 never reads the cross-attention weights.
 """
+
 import os
 import sys
 
 from absl import flags
-import numpy as np
 from ml_collections import config_flags
 from safetensors.numpy import save_file
 
@@ -39,19 +39,41 @@ FORMATS = ("pippo-torch",)
 
 
 def _define(fv: flags.FlagValues, argv: list[str]) -> None:
-  flags.DEFINE_enum("from", None, FORMATS, "Convert a checkpoint of this kind (positional CKPT) "
-                    "to ours.", flag_values=fv)
-  flags.DEFINE_enum("to", None, FORMATS, "Convert our checkpoint (--from-checkpoint) to this.",
-                    flag_values=fv)
-  flags.DEFINE_string("from-checkpoint", None, "Our checkpoint directory (with --to).",
-                      flag_values=fv)
-  flags.DEFINE_string("out", None, "Output: checkpoint directory (--from) or .safetensors file "
-                      "(--to).", flag_values=fv)
-  flags.DEFINE_string("key", None, "Dotted entry of a wrapped checkpoint to read (default: the "
-                      "state_dict found under 'state_dict', 'model', ...).", flag_values=fv)
-  config_flags.DEFINE_config_file("config", None, "Stage config file[:variant] (required with "
-                                  "--from; with --to, checked against the checkpoint's).",
-                                  flag_values=fv, lock_config=False, sys_argv=argv)
+  flags.DEFINE_enum(
+    "from",
+    None,
+    FORMATS,
+    "Convert a checkpoint of this kind (positional CKPT) to ours.",
+    flag_values=fv,
+  )
+  flags.DEFINE_enum(
+    "to", None, FORMATS, "Convert our checkpoint (--from-checkpoint) to this.", flag_values=fv
+  )
+  flags.DEFINE_string(
+    "from-checkpoint", None, "Our checkpoint directory (with --to).", flag_values=fv
+  )
+  flags.DEFINE_string(
+    "out",
+    None,
+    "Output: checkpoint directory (--from) or .safetensors file (--to).",
+    flag_values=fv,
+  )
+  flags.DEFINE_string(
+    "key",
+    None,
+    "Dotted entry of a wrapped checkpoint to read (default: the "
+    "state_dict found under 'state_dict', 'model', ...).",
+    flag_values=fv,
+  )
+  config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Stage config file[:variant] (required with "
+    "--from; with --to, checked against the checkpoint's).",
+    flag_values=fv,
+    lock_config=False,
+    sys_argv=argv,
+  )
 
 
 def from_torch(ckpt: str, config, out: str, key: str | None = None) -> None:
@@ -64,12 +86,17 @@ def from_torch(ckpt: str, config, out: str, key: str | None = None) -> None:
     print(note)
   params, dropped = release_layout.release_to_params(state_dict, cfg)
   if dropped:
-    print(f"dropped {len(dropped)} release tensors (cross-attention weights its forward pass "
-          "never reads; noise-schedule buffers, recomputed from the config): "
-          + torch_checkpoint.summarise_keys(dropped))
+    print(
+      f"dropped {len(dropped)} release tensors (cross-attention weights its forward pass "
+      "never reads; noise-schedule buffers, recomputed from the config): "
+      + torch_checkpoint.summarise_keys(dropped)
+    )
   checkpoints.write_params(out, params, config)
-  print(f"wrote {out}: {len(state_dict) - len(dropped)} tensors, {params_lib.count(params):,} parameters "
-        f"(stage {config.get('stage', '?')}, width {cfg.width}, depth {cfg.depth})")
+  print(
+    f"wrote {out}: {len(state_dict) - len(dropped)} tensors, "
+    f"{params_lib.count(params):,} parameters "
+    f"(stage {config.get('stage', '?')}, width {cfg.width}, depth {cfg.depth})"
+  )
 
 
 def to_torch(directory: str, out: str, config=None) -> None:
@@ -77,11 +104,22 @@ def to_torch(directory: str, out: str, config=None) -> None:
   params, saved = checkpoints.read_params(directory, config)
   cfg = ModelConfig.from_config(saved["model"])
   state_dict = release_layout.params_to_release(params, cfg)
-  save_file(state_dict, out, metadata={
-      "format": "pt", "producer": "pippo_jax", "layout": "release Pippo.state_dict()",
-      "stage": str(saved.get("stage", "")), "load_with": "load_state_dict(strict=False)"})
-  print(f"wrote {out}: {len(state_dict)} tensors, {params_lib.count(params):,} parameters in the release "
-        "layout (cond_attn_*, k_cond_norm, schedule.* not included)")
+  save_file(
+    state_dict,
+    out,
+    metadata={
+      "format": "pt",
+      "producer": "pippo_jax",
+      "layout": "release Pippo.state_dict()",
+      "stage": str(saved.get("stage", "")),
+      "load_with": "load_state_dict(strict=False)",
+    },
+  )
+  print(
+    f"wrote {out}: {len(state_dict)} tensors, {params_lib.count(params):,} parameters in the "
+    "release "
+    "layout (cond_attn_*, k_cond_norm, schedule.* not included)"
+  )
 
 
 def main(argv=None) -> int:

@@ -19,6 +19,7 @@ cannot be written fails before any work. Errors print one line and exit
 non-zero (see `pippo_jax.cli.common`); `inspect` exits 1 when a shard is
 missing or damaged.
 """
+
 from __future__ import annotations
 
 import collections
@@ -26,8 +27,8 @@ import os
 import sys
 import types
 
-from absl import flags
 import numpy as np
+from absl import flags
 
 from pippo_jax import paths
 from pippo_jax.cli import common
@@ -37,40 +38,52 @@ PROG = "pippo-data"
 
 def _synth(args):
   from pippo_jax.data_pipelines import synthetic_studio  # pylint: disable=g-import-not-at-top
+
   paths.writable_dir(args.out, "--out")
   settings = synthetic_studio.StudioSettings(
-      seed=args.seed, subjects=args.subjects, cameras=args.cameras,
-      resolution=args.resolution, moments=args.moments,
-      images_per_subject=args.images_per_subject,
-      test_fraction=args.test_fraction, image_format=args.format,
-      records_per_shard=args.records_per_shard)
+    seed=args.seed,
+    subjects=args.subjects,
+    cameras=args.cameras,
+    resolution=args.resolution,
+    moments=args.moments,
+    images_per_subject=args.images_per_subject,
+    test_fraction=args.test_fraction,
+    image_format=args.format,
+    records_per_shard=args.records_per_shard,
+  )
   kinds = tuple(k.strip() for k in args.kinds.split(","))
   entries = synthetic_studio.write_studio(args.out, settings, kinds)
   for name, entry in entries.items():
     size = sum(s["bytes"] for s in entry["shards"])
-    print(f"{args.out}/{name}: {entry['num_records']} records in "
-          f"{len(entry['shards'])} shards, {size / 2**20:.1f} MiB")
+    print(
+      f"{args.out}/{name}: {entry['num_records']} records in "
+      f"{len(entry['shards'])} shards, {size / 2**20:.1f} MiB"
+    )
 
 
 def _inspect(args):
   from pippo_jax.data_pipelines import schemas, sources, transforms, writer  # pylint: disable=g-import-not-at-top
+
   index = writer.read_index(args.dir)
   print(f"{args.dir}: {index['kind']} records")
   damaged = 0
   for split, entry in index["splits"].items():
     size = sum(s["bytes"] for s in entry["shards"])
-    problems = [p for p in (writer.check_shard(args.dir, s)
-                            for s in entry["shards"]) if p]
+    problems = [p for p in (writer.check_shard(args.dir, s) for s in entry["shards"]) if p]
     damaged += len(problems)
     if problems:
-      state = (f"DAMAGED: {len(problems)} of {len(entry['shards'])} shards "
-               f"missing or of the wrong size; {writer.REWRITE_HINT}")
+      state = (
+        f"DAMAGED: {len(problems)} of {len(entry['shards'])} shards "
+        f"missing or of the wrong size; {writer.REWRITE_HINT}"
+      )
     elif entry["complete"]:
       state = "complete"
     else:
       state = "INCOMPLETE (re-run the writer)"
-    print(f"  {split}: {entry['num_records']} records, {len(entry['shards'])} "
-          f"shards, {size / 2**20:.1f} MiB, {state}")
+    print(
+      f"  {split}: {entry['num_records']} records, {len(entry['shards'])} "
+      f"shards, {size / 2**20:.1f} MiB, {state}"
+    )
     for problem in problems:
       print(f"    {problem}")
     print(f"    settings: {entry['settings']['meta']}")
@@ -104,6 +117,7 @@ def _quantiles(values):
 
 def _stats(args):
   from pippo_jax.data_pipelines import config, schemas, sources, transforms, writer  # pylint: disable=g-import-not-at-top
+
   kind = writer.read_index(args.dir)["kind"]
   src = sources.ArrayRecordSource(args.dir, args.split)
   n = len(src) if args.all else min(len(src), args.sample)
@@ -126,7 +140,8 @@ def _stats(args):
         values["person_size"].append(rec["person_box"][3] / rec["height"])
         values["has_face"].append(float(rec["face_box"][2] > 0))
         values["passes_default_filters"].append(
-            float(transforms.filter_reason(rec, filters) is None))
+          float(transforms.filter_reason(rec, filters) is None)
+        )
       else:
         for c, (im, mk) in enumerate(zip(rec["images"], rec["masks"])):
           image = schemas.decode_image(im, f"{el['where']} camera {c}")
@@ -152,7 +167,9 @@ def _stats(args):
 
 def _preview(args):
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   from pippo_jax.data_pipelines import config, pipelines, writer  # pylint: disable=g-import-not-at-top
+
   flags.FLAGS.mark_as_parsed()
   paths.writable_dir(os.path.dirname(args.out), "the directory of --out")
   kind = writer.read_index(args.dir)["kind"]
@@ -165,73 +182,90 @@ def _preview(args):
     b = {k: v[0] for k, v in next(it).items()}
     tiles = [b["ref_image"], *b["target_images"]]
     if "ref_face" in b:
-      face = np.asarray(Image.fromarray(b["ref_face"]).resize(
-          (args.resolution, args.resolution)))
+      face = np.asarray(Image.fromarray(b["ref_face"]).resize((args.resolution, args.resolution)))
       tiles.append(face)
     if "target_anchor" in b:
-      tiles += [np.maximum(im, a) for im, a in
-                zip([b["ref_image"], *b["target_images"]],
-                    [b["ref_anchor"], *b["target_anchor"]])]
+      tiles += [
+        np.maximum(im, a)
+        for im, a in zip(
+          [b["ref_image"], *b["target_images"]], [b["ref_anchor"], *b["target_anchor"]]
+        )
+      ]
     rows.append(np.concatenate(tiles, 1))
   width = max(r.shape[1] for r in rows)
   rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
   Image.fromarray(np.concatenate(rows, 0)).save(args.out)
-  print(f"wrote {args.out}: {args.examples} examples of {stage} "
-        "(reference, targets" + (", anchors over images" if "target_anchor" in b
-                                 else "") + (", face crop" if "ref_face" in b
-                                             else "") + ")")
+  print(
+    f"wrote {args.out}: {args.examples} examples of {stage} "
+    "(reference, targets"
+    + (", anchors over images" if "target_anchor" in b else "")
+    + (", face crop" if "ref_face" in b else "")
+    + ")"
+  )
 
 
 def _tfds_build(args):
   from pippo_jax.data_pipelines import tfds_builders  # pylint: disable=g-import-not-at-top
+
   paths.writable_dir(args.data_dir, "--data-dir")
   if args.builder == "synthetic_studio":
     kind = args.config or "captures"
-    settings = dict(seed=args.seed, subjects=args.subjects, cameras=args.cameras,
-                    resolution=args.resolution)
+    settings = dict(
+      seed=args.seed, subjects=args.subjects, cameras=args.cameras, resolution=args.resolution
+    )
     default = tfds_builders.SyntheticStudioConfig(name=kind, kind=kind)
     if all(getattr(default, k) == v for k, v in settings.items()):
       config = kind  # one of the builder's own configs
     else:  # tfds wants a new name for other settings
       config = tfds_builders.SyntheticStudioConfig(
-          name=(f"{kind}_{args.subjects}x{args.cameras}_{args.resolution}px_"
-                f"seed{args.seed}"), kind=kind, **settings)
+        name=(f"{kind}_{args.subjects}x{args.cameras}_{args.resolution}px_seed{args.seed}"),
+        kind=kind,
+        **settings,
+      )
     builder = tfds_builders.PippoSyntheticStudio(
-        config=config, data_dir=args.data_dir, file_format="array_record")
+      config=config, data_dir=args.data_dir, file_format="array_record"
+    )
     config = builder.builder_config
   else:
     config = tfds_builders.image_folder_config(args.folder, args.config)
     builder = tfds_builders.PippoImageFolder(
-        config=config, data_dir=args.data_dir, file_format="array_record")
+      config=config, data_dir=args.data_dir, file_format="array_record"
+    )
   builder.download_and_prepare()
-  print(f"built {builder.info.full_name} in {args.data_dir}: "
-        + ", ".join(f"{k}={v.num_examples}" for k, v in builder.info.splits.items()))
-  print(f"read with: data.source='tfds', data.tfds_name="
-        f"'{builder.name}/{config.name}', data.tfds_data_dir='{args.data_dir}'")
+  print(
+    f"built {builder.info.full_name} in {args.data_dir}: "
+    + ", ".join(f"{k}={v.num_examples}" for k, v in builder.info.splits.items())
+  )
+  print(
+    f"read with: data.source='tfds', data.tfds_name="
+    f"'{builder.name}/{config.name}', data.tfds_data_dir='{args.data_dir}'"
+  )
 
 
 def _synth_flags(fv: flags.FlagValues) -> None:
-  flags.DEFINE_string("out", None, "Output directory (DIR/captures, DIR/images).",
-                      required=True, flag_values=fv)
+  flags.DEFINE_string(
+    "out", None, "Output directory (DIR/captures, DIR/images).", required=True, flag_values=fv
+  )
   flags.DEFINE_integer("subjects", 8, "Number of subjects.", flag_values=fv)
   flags.DEFINE_integer("cameras", 32, "Cameras per capture.", flag_values=fv)
   flags.DEFINE_integer("resolution", 128, "Image side in pixels.", flag_values=fv)
   flags.DEFINE_integer("moments", 1, "Captures per subject.", flag_values=fv)
-  flags.DEFINE_integer("images-per-subject", 16, "P1 image records per subject.",
-                       flag_values=fv)
-  flags.DEFINE_float("test-fraction", 0.125, "Fraction of subjects in the test split.",
-                     flag_values=fv)
+  flags.DEFINE_integer("images-per-subject", 16, "P1 image records per subject.", flag_values=fv)
+  flags.DEFINE_float(
+    "test-fraction", 0.125, "Fraction of subjects in the test split.", flag_values=fv
+  )
   flags.DEFINE_integer("seed", 0, "Random seed.", flag_values=fv)
   flags.DEFINE_enum("format", "png", ("png", "jpeg"), "Image encoding.", flag_values=fv)
-  flags.DEFINE_integer("records-per-shard", 256, "Records per ArrayRecord shard.",
-                       flag_values=fv)
-  flags.DEFINE_string("kinds", "captures,images", "Datasets to write, comma-separated.",
-                      flag_values=fv)
+  flags.DEFINE_integer("records-per-shard", 256, "Records per ArrayRecord shard.", flag_values=fv)
+  flags.DEFINE_string(
+    "kinds", "captures,images", "Datasets to write, comma-separated.", flag_values=fv
+  )
 
 
 def _inspect_flags(fv: flags.FlagValues) -> None:
-  flags.DEFINE_string("split", "", "Split whose first record is shown (default: the first).",
-                      flag_values=fv)
+  flags.DEFINE_string(
+    "split", "", "Split whose first record is shown (default: the first).", flag_values=fv
+  )
 
 
 def _stats_flags(fv: flags.FlagValues) -> None:
@@ -242,36 +276,50 @@ def _stats_flags(fv: flags.FlagValues) -> None:
 
 def _preview_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_string("out", None, "Output image (.png).", required=True, flag_values=fv)
-  flags.DEFINE_enum("stage", None, ("p1", "m2", "p3"), "Pipeline stage (default: p1 for image "
-                    "records, p3 for captures).", flag_values=fv)
+  flags.DEFINE_enum(
+    "stage",
+    None,
+    ("p1", "m2", "p3"),
+    "Pipeline stage (default: p1 for image records, p3 for captures).",
+    flag_values=fv,
+  )
   flags.DEFINE_string("split", "train", "Split to read.", flag_values=fv)
   flags.DEFINE_integer("resolution", 128, "Image side in pixels.", flag_values=fv)
-  flags.DEFINE_integer("num-views", 4, "Views per example (multi-view stages).",
-                       flag_values=fv)
+  flags.DEFINE_integer("num-views", 4, "Views per example (multi-view stages).", flag_values=fv)
   flags.DEFINE_integer("examples", 3, "Examples (rows) to draw.", flag_values=fv)
 
 
 def _tfds_build_flags(fv: flags.FlagValues) -> None:
-  flags.DEFINE_enum("builder", None, ("synthetic_studio", "image_folder"), "tfds builder.",
-                    required=True, flag_values=fv)
+  flags.DEFINE_enum(
+    "builder",
+    None,
+    ("synthetic_studio", "image_folder"),
+    "tfds builder.",
+    required=True,
+    flag_values=fv,
+  )
   flags.DEFINE_string("data-dir", None, "tfds data directory.", required=True, flag_values=fv)
-  flags.DEFINE_string("config", "", "synthetic_studio: captures|images; image_folder: the "
-                      "config name (default: the folder's name).", flag_values=fv)
+  flags.DEFINE_string(
+    "config",
+    "",
+    "synthetic_studio: captures|images; image_folder: the "
+    "config name (default: the folder's name).",
+    flag_values=fv,
+  )
   flags.DEFINE_string("folder", "", "image_folder: photo folder.", flag_values=fv)
   flags.DEFINE_integer("subjects", 8, "synthetic_studio: number of subjects.", flag_values=fv)
   flags.DEFINE_integer("cameras", 32, "synthetic_studio: cameras per capture.", flag_values=fv)
-  flags.DEFINE_integer("resolution", 128, "synthetic_studio: image side in pixels.",
-                       flag_values=fv)
+  flags.DEFINE_integer("resolution", 128, "synthetic_studio: image side in pixels.", flag_values=fv)
   flags.DEFINE_integer("seed", 0, "synthetic_studio: random seed.", flag_values=fv)
 
 
 # command: (run, define its flags, takes a DIR argument, what it does)
 COMMANDS = {
-    "synth": (_synth, _synth_flags, False, "render the synthetic studio (resumable)"),
-    "inspect": (_inspect, _inspect_flags, True, "summarise and check a dataset directory"),
-    "stats": (_stats, _stats_flags, True, "decode records and report statistics"),
-    "preview": (_preview, _preview_flags, True, "write a picture of pipeline output"),
-    "tfds-build": (_tfds_build, _tfds_build_flags, False, "build a tfds dataset (ArrayRecord)"),
+  "synth": (_synth, _synth_flags, False, "render the synthetic studio (resumable)"),
+  "inspect": (_inspect, _inspect_flags, True, "summarise and check a dataset directory"),
+  "stats": (_stats, _stats_flags, True, "decode records and report statistics"),
+  "preview": (_preview, _preview_flags, True, "write a picture of pipeline output"),
+  "tfds-build": (_tfds_build, _tfds_build_flags, False, "build a tfds dataset (ArrayRecord)"),
 }
 PATH_FLAGS = ("out", "data_dir", "folder")
 
@@ -292,10 +340,15 @@ def main(argv=None) -> int:
   usage = f"{PROG} {command} [FLAGS]" + (" DIR" if takes_dir else "")
   rest = common.parse(PROG, [f"{PROG} {command}", *argv[1:]], fv, doc=f"{usage}\n  {summary}")
   if len(rest) != takes_dir:
-    common.fail(PROG, f"{command} takes {'one DIR argument' if takes_dir else 'no arguments'} "
-                f"besides flags, got {len(rest)} (usage: {usage})", common.USAGE)
+    common.fail(
+      PROG,
+      f"{command} takes {'one DIR argument' if takes_dir else 'no arguments'} "
+      f"besides flags, got {len(rest)} (usage: {usage})",
+      common.USAGE,
+    )
   args = types.SimpleNamespace(
-      **{name.replace("-", "_"): value for name, value in fv.flag_values_dict().items()})
+    **{name.replace("-", "_"): value for name, value in fv.flag_values_dict().items()}
+  )
   for name in PATH_FLAGS:
     if hasattr(args, name):
       setattr(args, name, paths.resolve(getattr(args, name)))

@@ -4,6 +4,7 @@
 
 Shapes come from `jax.eval_shape`: nothing is allocated, so full-size configs are cheap to inspect.
 """
+
 import importlib
 import sys
 
@@ -11,7 +12,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from pippo_jax.cli import common
-from pippo_jax.models import flops, params as params_lib
+from pippo_jax.models import flops
+from pippo_jax.models import params as params_lib
 from pippo_jax.models.config import ModelConfig
 
 PROGRAM = "pippo-inspect"
@@ -30,11 +32,14 @@ def report(config, full: bool = False) -> str:
   cfg = ModelConfig.from_config(config.model)
   shapes = params_lib.abstract(cfg)
   total = params_lib.count(shapes)
-  lines = [f"stage {config.stage}  variant {dict(config.variant)}",
-           f"width {cfg.width}  depth {cfg.depth}  heads {cfg.num_heads}  image {cfg.image_size}px  "
-           f"latent {cfg.latent_size}x{cfg.latent_size}x{cfg.latent_channels}  "
-           f"views {cfg.num_views}+1", "",
-           f"{'module':<16}{'params':>16}{'share':>9}"]
+  lines = [
+    f"stage {config.stage}  variant {dict(config.variant)}",
+    f"width {cfg.width}  depth {cfg.depth}  heads {cfg.num_heads}  image {cfg.image_size}px  "
+    f"latent {cfg.latent_size}x{cfg.latent_size}x{cfg.latent_channels}  "
+    f"views {cfg.num_views}+1",
+    "",
+    f"{'module':<16}{'params':>16}{'share':>9}",
+  ]
   for name in sorted(shapes, key=lambda k: -params_lib.count(shapes[k])):
     c = params_lib.count(shapes[name])
     lines.append(f"{name:<16}{c:>16,}{100 * c / total:>8.2f}%")
@@ -45,35 +50,50 @@ def report(config, full: bool = False) -> str:
       lines.append(f"  {path:<60} {str(tuple(leaf.shape)):>22}")
   b = config.batch_size
   fwd = flops.forward_flops(cfg, batch=b)
-  lines += ["", f"tokens per step      {b * (cfg.num_views + 1) * cfg.tokens_per_view:,} "
-            f"(batch {b} x {cfg.num_views + 1} views x {cfg.tokens_per_view} tokens)",
-            f"FLOPs per forward    {human(fwd['total'])}  "
-            f"(attention {100 * fwd['blocks.attention'] / fwd['total']:.1f}%)",
-            f"FLOPs per train step {human(3 * fwd['total'])}  (3 x forward)"]
+  lines += [
+    "",
+    f"tokens per step      {b * (cfg.num_views + 1) * cfg.tokens_per_view:,} "
+    f"(batch {b} x {cfg.num_views + 1} views x {cfg.tokens_per_view} tokens)",
+    f"FLOPs per forward    {human(fwd['total'])}  "
+    f"(attention {100 * fwd['blocks.attention'] / fwd['total']:.1f}%)",
+    f"FLOPs per train step {human(3 * fwd['total'])}  (3 x forward)",
+  ]
   return "\n".join(lines)
 
 
 def main(argv=None) -> int:
   argv = common.program_argv(PROGRAM, argv)
   fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "Stage config file[:variant]; override keys "
-                                  "with --config.KEY=VALUE.", flag_values=fv, lock_config=False,
-                                  sys_argv=argv)
+  config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Stage config file[:variant]; override keys with --config.KEY=VALUE.",
+    flag_values=fv,
+    lock_config=False,
+    sys_argv=argv,
+  )
   flags.DEFINE_bool("full", False, "Also print every parameter's shape.", flag_values=fv)
-  flags.DEFINE_bool("all", False, "Inspect the default variant of every stage config.",
-                    flag_values=fv)
+  flags.DEFINE_bool(
+    "all", False, "Inspect the default variant of every stage config.", flag_values=fv
+  )
   rest = common.parse(PROGRAM, argv, fv, doc=__doc__)
   if rest:
     common.fail(PROGRAM, f"unexpected arguments {rest}", common.USAGE)
   if fv["all"].value:
     for name in STAGE_CONFIGS:
       print(f"=== configs/{name}.py")
-      print(report(importlib.import_module(f"pippo_jax.configs.{name}").get_config(), fv["full"].value) + "\n")
+      print(
+        report(importlib.import_module(f"pippo_jax.configs.{name}").get_config(), fv["full"].value)
+        + "\n"
+      )
     return 0
   config = common.config_value(PROGRAM, fv["config"])
   if config is None:
-    common.fail(PROGRAM, "--config is required (e.g. --config configs/p3_posttrain.py:size=tiny), "
-                "or --all", common.USAGE)
+    common.fail(
+      PROGRAM,
+      "--config is required (e.g. --config configs/p3_posttrain.py:size=tiny), or --all",
+      common.USAGE,
+    )
   print(report(config, fv["full"].value))
   return 0
 

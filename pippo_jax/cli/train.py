@@ -1,6 +1,6 @@
-"""pippo-train: run (or resume) a training stage.
+r"""pippo-train: run (or resume) a training stage.
 
-  pippo-train --config configs/p3_posttrain.py:size=smoke --workdir workdir/smoke \\
+  pippo-train --config configs/p3_posttrain.py:size=smoke --workdir workdir/smoke \
       [--config.train.num_steps=500 ...]
 
 With the smoke size and no `data.path`, a synthetic studio is built in WORKDIR/cache first. Run the
@@ -12,6 +12,7 @@ Multi-host: start one process per host with --coordinator HOST:PORT --num_proces
 pods, Slurm) where `jax.distributed.initialize()` finds the coordinator itself. `launch/` has
 launchers for one machine, TPU pods and Slurm GPU clusters.
 """
+
 import logging as std_logging
 import sys
 
@@ -25,17 +26,33 @@ PROGRAM = "pippo-train"
 
 def _define(fv: flags.FlagValues, argv) -> None:
   config_flags.DEFINE_config_file(
-      "config", None, "Stage config file[:variant], e.g. configs/p3_posttrain.py:size=smoke; "
-      "override keys with --config.KEY=VALUE.", flag_values=fv, lock_config=False, sys_argv=argv)
-  flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, samples); created if "
-                      "missing.", flag_values=fv)
-  flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0 (multi-process runs).",
-                      flag_values=fv)
+    "config",
+    None,
+    "Stage config file[:variant], e.g. configs/p3_posttrain.py:size=smoke; "
+    "override keys with --config.KEY=VALUE.",
+    flag_values=fv,
+    lock_config=False,
+    sys_argv=argv,
+  )
+  flags.DEFINE_string(
+    "workdir",
+    None,
+    "Run directory (checkpoints, logs, samples); created if missing.",
+    flag_values=fv,
+  )
+  flags.DEFINE_string(
+    "coordinator", None, "HOST:PORT of process 0 (multi-process runs).", flag_values=fv
+  )
   flags.DEFINE_integer("num_processes", 1, "Number of processes.", flag_values=fv)
   flags.DEFINE_integer("process_id", 0, "This process's index.", flag_values=fv)
-  flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with no arguments "
-                    "(TPU pods, Slurm and other clusters it auto-detects); --coordinator takes "
-                    "precedence.", flag_values=fv)
+  flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Call jax.distributed.initialize() with no arguments "
+    "(TPU pods, Slurm and other clusters it auto-detects); --coordinator takes "
+    "precedence.",
+    flag_values=fv,
+  )
 
 
 def main(argv=None) -> int:
@@ -49,17 +66,23 @@ def main(argv=None) -> int:
     common.fail(PROGRAM, "--config and --workdir are required (see --help)", common.USAGE)
   config = common.config_value(PROGRAM, fv["config"])
   import jax  # pylint: disable=g-import-not-at-top
+
   if fv["coordinator"].value:
     if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(fv["coordinator"].value, num_processes=fv["num_processes"].value,
-                               process_id=fv["process_id"].value)
+    jax.distributed.initialize(
+      fv["coordinator"].value,
+      num_processes=fv["num_processes"].value,
+      process_id=fv["process_id"].value,
+    )
   elif fv["distributed"].value:
     jax.distributed.initialize()
   from pippo_jax.training import loop  # pylint: disable=g-import-not-at-top
+
   common.absl_logging()  # progress lines come through absl logging
   logging.get_absl_handler().addFilter(
-      lambda record: "orbax" not in record.pathname or record.levelno >= std_logging.WARNING)
+    lambda record: "orbax" not in record.pathname or record.levelno >= std_logging.WARNING
+  )
   last = common.guarded(PROGRAM, loop.train, config, fv["workdir"].value)
   if jax.process_index() == 0 and last:
     print("final: " + "  ".join(f"{k} {v:.4g}" for k, v in sorted(last.items())))

@@ -34,7 +34,8 @@ batch-B conditioning (`tile_batch`). Scales and phi are ordinary traced values:
 changing them never recompiles, and scales of 1.0 reproduce the conditional
 output with the same compiled function. Only the set of guided groups is static.
 """
-from typing import Callable, Mapping, Sequence
+
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -42,15 +43,15 @@ import numpy as np
 
 CONDITION_GROUPS = ("ref", "cam", "control")
 
-ModelFn = Callable[[jnp.ndarray, jnp.ndarray, Mapping[str, jnp.ndarray]],
-                   jnp.ndarray]
+ModelFn = Callable[[jnp.ndarray, jnp.ndarray, Mapping[str, jnp.ndarray]], jnp.ndarray]
 
 
 def _check_groups(names, where: str) -> None:
   unknown = sorted(set(names) - set(CONDITION_GROUPS))
   if unknown:
-    raise ValueError(f"{where}: unknown condition group(s) {unknown}; expected "
-                     f"a subset of {CONDITION_GROUPS}.")
+    raise ValueError(
+      f"{where}: unknown condition group(s) {unknown}; expected a subset of {CONDITION_GROUPS}."
+    )
 
 
 def no_drops(batch: int) -> dict:
@@ -58,8 +59,7 @@ def no_drops(batch: int) -> dict:
   return {g: jnp.zeros((batch,), bool) for g in CONDITION_GROUPS}
 
 
-def sample_condition_drops(key: jax.Array, batch: int,
-                           probs: Mapping[str, float]) -> dict:
+def sample_condition_drops(key: jax.Array, batch: int, probs: Mapping[str, float]) -> dict:
   """Training-time condition dropout: {group: bool [B]}, True = drop.
 
   Each group is dropped independently (its own key, `fold_in(key, index)`) with
@@ -68,13 +68,13 @@ def sample_condition_drops(key: jax.Array, batch: int,
   _check_groups(probs, "sample_condition_drops")
   for group, p in probs.items():
     if isinstance(p, (int, float)) and not 0.0 <= p <= 1.0:
-      raise ValueError(f"sample_condition_drops: probability for {group!r} must "
-                       f"be in [0, 1], got {p}.")
+      raise ValueError(
+        f"sample_condition_drops: probability for {group!r} must be in [0, 1], got {p}."
+      )
   drops = {}
   for index, group in enumerate(CONDITION_GROUPS):
     p = probs.get(group, 0.0)
-    drops[group] = jax.random.bernoulli(jax.random.fold_in(key, index), p,
-                                        (batch,))
+    drops[group] = jax.random.bernoulli(jax.random.fold_in(key, index), p, (batch,))
   return drops
 
 
@@ -86,8 +86,7 @@ def triangular_view_weights(num_views: int) -> np.ndarray:
 
 def tile_batch(tree, reps: int):
   """Tiles every leaf `reps` times along axis 0 (pass-major, like the passes)."""
-  return jax.tree_util.tree_map(
-      lambda x: jnp.tile(x, (reps,) + (1,) * (jnp.ndim(x) - 1)), tree)
+  return jax.tree_util.tree_map(lambda x: jnp.tile(x, (reps,) + (1,) * (jnp.ndim(x) - 1)), tree)
 
 
 def guidance_drops(batch: int, guided: Sequence[str]) -> dict:
@@ -119,13 +118,15 @@ def _std(x):
   return jnp.std(x, axis=axes, keepdims=True)
 
 
-def combine_guidance(outputs: jnp.ndarray, scales: Sequence, *,
-                     rescale=0.0, triangular: bool = False) -> jnp.ndarray:
+def combine_guidance(
+  outputs: jnp.ndarray, scales: Sequence, *, rescale=0.0, triangular: bool = False
+) -> jnp.ndarray:
   """Nested CFG combination of stacked pass outputs [k + 1, B, V, ...]."""
   outputs = outputs.astype(jnp.float32)
   if outputs.shape[0] != len(scales) + 1:
-    raise ValueError(f"{outputs.shape[0]} passes need {outputs.shape[0] - 1} "
-                     f"scales, got {len(scales)}.")
+    raise ValueError(
+      f"{outputs.shape[0]} passes need {outputs.shape[0] - 1} scales, got {len(scales)}."
+    )
   ndim, num_views = outputs.ndim - 1, outputs.shape[2]
   guided = outputs[0]
   for j, scale in enumerate(scales, start=1):
@@ -136,9 +137,14 @@ def combine_guidance(outputs: jnp.ndarray, scales: Sequence, *,
   return phi * ratio * guided + (1.0 - phi) * guided
 
 
-def guided_eps_fn(model_fn: ModelFn, scales: Mapping[str, float], *,
-                  rescale=0.0, triangular: bool = False,
-                  order: Sequence[str] = CONDITION_GROUPS):
+def guided_eps_fn(
+  model_fn: ModelFn,
+  scales: Mapping[str, float],
+  *,
+  rescale=0.0,
+  triangular: bool = False,
+  order: Sequence[str] = CONDITION_GROUPS,
+):
   """Wraps `model_fn(x_t, t, drop)` into a guided `eps_fn(x_t, t)`.
 
   Args:
@@ -154,8 +160,10 @@ def guided_eps_fn(model_fn: ModelFn, scales: Mapping[str, float], *,
   _check_groups(order, "guided_eps_fn order")
   guided = tuple(g for g in order if g in scales)
   if len(guided) != len(scales):
-    raise ValueError(f"guided_eps_fn: every guided group must appear in order "
-                     f"{tuple(order)}, got scales for {sorted(scales)}.")
+    raise ValueError(
+      f"guided_eps_fn: every guided group must appear in order "
+      f"{tuple(order)}, got scales for {sorted(scales)}."
+    )
   group_scales = tuple(scales[g] for g in guided)
 
   def eps_fn(x_t, t):
@@ -163,10 +171,10 @@ def guided_eps_fn(model_fn: ModelFn, scales: Mapping[str, float], *,
     if not guided:
       return model_fn(x_t, t, no_drops(batch))
     passes = len(guided) + 1
-    out = model_fn(tile_batch(x_t, passes), tile_batch(t, passes),
-                   guidance_drops(batch, guided))
+    out = model_fn(tile_batch(x_t, passes), tile_batch(t, passes), guidance_drops(batch, guided))
     out = out.reshape((passes, batch) + out.shape[1:])
-    return combine_guidance(out, group_scales, rescale=rescale,
-                            triangular=triangular).astype(x_t.dtype)
+    return combine_guidance(out, group_scales, rescale=rescale, triangular=triangular).astype(
+      x_t.dtype
+    )
 
   return eps_fn

@@ -16,7 +16,8 @@ plain MSE:
 Every function takes arrays with the batch axis first ([B, views, ...]) and t of
 shape [B]; everything else is layout-agnostic.
 """
-from typing import Literal, NamedTuple, Optional
+
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,19 +30,21 @@ PARAMETERIZATIONS = ("eps", "v", "x0")
 
 def _check_parameterization(parameterization: str) -> None:
   if parameterization not in PARAMETERIZATIONS:
-    raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, "
-                     f"got {parameterization!r}.")
+    raise ValueError(
+      f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}."
+    )
 
 
 def _coefficients(schedule: DiffusionSchedule, t: jnp.ndarray, ndim: int):
   """(sqrt(abar_t), sqrt(1 - abar_t)) broadcastable to an ndim-array."""
-  return (extract(schedule.sqrt_alphas_cumprod, t, ndim),
-          extract(schedule.sqrt_one_minus_alphas_cumprod, t, ndim))
+  return (
+    extract(schedule.sqrt_alphas_cumprod, t, ndim),
+    extract(schedule.sqrt_one_minus_alphas_cumprod, t, ndim),
+  )
 
 
-def sample_timesteps_and_noise(key: jax.Array, x0: jnp.ndarray,
-                               num_timesteps: int = 1000):
-  """t ~ UniformInt[0, T) per sample ([B] int32) and eps ~ N(0, I) like x0."""
+def sample_timesteps_and_noise(key: jax.Array, x0: jnp.ndarray, num_timesteps: int = 1000):
+  """T ~ UniformInt[0, T) per sample ([B] int32) and eps ~ N(0, I) like x0."""
   t_key, noise_key = jax.random.split(key)
   t = jax.random.randint(t_key, x0.shape[:1], 0, num_timesteps, jnp.int32)
   noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
@@ -55,19 +58,19 @@ def eps_to_x0(schedule, x_t, t, eps):
 
 
 def x0_to_eps(schedule, x_t, t, x0):
-  """eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)."""
+  """Eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)."""
   a, b = _coefficients(schedule, t, x_t.ndim)
   return (x_t - a * x0) / b
 
 
 def v_target(schedule, x0, t, noise):
-  """v = sqrt(abar) eps - sqrt(1 - abar) x0."""
+  """V = sqrt(abar) eps - sqrt(1 - abar) x0."""
   a, b = _coefficients(schedule, t, x0.ndim)
   return a * noise - b * x0
 
 
 def v_to_eps(schedule, x_t, t, v):
-  """eps = sqrt(abar) v + sqrt(1 - abar) x_t."""
+  """Eps = sqrt(abar) v + sqrt(1 - abar) x_t."""
   a, b = _coefficients(schedule, t, x_t.ndim)
   return a * v + b * x_t
 
@@ -78,8 +81,7 @@ def v_to_x0(schedule, x_t, t, v):
   return a * x_t - b * v
 
 
-def model_output_to_eps(schedule, x_t, t, output,
-                        parameterization: Parameterization = "eps"):
+def model_output_to_eps(schedule, x_t, t, output, parameterization: Parameterization = "eps"):
   """The model's raw output converted to an epsilon prediction."""
   _check_parameterization(parameterization)
   if parameterization == "eps":
@@ -89,8 +91,7 @@ def model_output_to_eps(schedule, x_t, t, output,
   return v_to_eps(schedule, x_t, t, output)
 
 
-def training_target(schedule, x0, t, noise,
-                    parameterization: Parameterization = "eps"):
+def training_target(schedule, x0, t, noise, parameterization: Parameterization = "eps"):
   """What the network regresses: eps itself, v, or x0."""
   _check_parameterization(parameterization)
   if parameterization == "eps":
@@ -102,23 +103,28 @@ def training_target(schedule, x0, t, noise,
 
 class NoisedBatch(NamedTuple):
   """The network input (x_t, t) and its regression target."""
+
   x_t: jnp.ndarray
   t: jnp.ndarray
   noise: jnp.ndarray
   target: jnp.ndarray
 
 
-def noise_batch(key: jax.Array, schedule: DiffusionSchedule, x0: jnp.ndarray,
-                parameterization: Parameterization = "eps") -> NoisedBatch:
+def noise_batch(
+  key: jax.Array,
+  schedule: DiffusionSchedule,
+  x0: jnp.ndarray,
+  parameterization: Parameterization = "eps",
+) -> NoisedBatch:
   """Samples (t, eps) per sample, noises x0 [B, views, ...], builds the target."""
   t, noise = sample_timesteps_and_noise(key, x0, schedule.num_timesteps)
   x_t = q_sample(schedule, x0, t, noise)
-  return NoisedBatch(x_t, t, noise,
-                     training_target(schedule, x0, t, noise, parameterization))
+  return NoisedBatch(x_t, t, noise, training_target(schedule, x0, t, noise, parameterization))
 
 
-def diffusion_loss(pred: jnp.ndarray, target: jnp.ndarray,
-                   mask: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+def diffusion_loss(
+  pred: jnp.ndarray, target: jnp.ndarray, mask: jnp.ndarray | None = None
+) -> jnp.ndarray:
   """Mean squared error, computed in float32.
 
   Args:

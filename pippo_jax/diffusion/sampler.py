@@ -18,8 +18,10 @@ The loop is one `lax.scan` inside `jax.jit`; the per-step noise keys come from
 `jax.random.split(key, num_model_calls)`, so a sample is a deterministic function
 of (x_T, key).
 """
+
 import functools
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,22 +36,21 @@ EpsFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 def ddim_timesteps(num_steps: int = 30, num_timesteps: int = 1000) -> np.ndarray:
   """Ascending int32 DDIM timesteps; [1, 34, ..., 991] for (30, 1000)."""
   if not 1 <= num_steps < num_timesteps:
-    raise ValueError(f"num_steps must be in [1, {num_timesteps}), got "
-                     f"{num_steps}.")
+    raise ValueError(f"num_steps must be in [1, {num_timesteps}), got {num_steps}.")
   stride = num_timesteps // num_steps
   return (np.arange(0, num_timesteps - 1, stride) + 1).astype(np.int32)
 
 
 class DDIMPlan(NamedTuple):
   """Per-step quantities in sampling order (largest t first), float64 NumPy."""
+
   timesteps: np.ndarray
   alphas: np.ndarray
   alphas_prev: np.ndarray
   sigmas: np.ndarray
 
 
-def ddim_plan(schedule: DiffusionSchedule, num_steps: int = 30,
-              eta: float = 0.1) -> DDIMPlan:
+def ddim_plan(schedule: DiffusionSchedule, num_steps: int = 30, eta: float = 0.1) -> DDIMPlan:
   """Timesteps, abar, abar_prev and sigma for every DDIM step.
 
   The schedule must be concrete (not a tracer): the plan is computed on the host
@@ -60,8 +61,7 @@ def ddim_plan(schedule: DiffusionSchedule, num_steps: int = 30,
   a = abar[steps]
   a_prev = np.concatenate([abar[:1], abar[steps[:-1]]])
   sigmas = eta * np.sqrt((1.0 - a_prev) / (1.0 - a) * (1.0 - a / a_prev))
-  return DDIMPlan(steps[::-1].copy(), a[::-1].copy(), a_prev[::-1].copy(),
-                  sigmas[::-1].copy())
+  return DDIMPlan(steps[::-1].copy(), a[::-1].copy(), a_prev[::-1].copy(), sigmas[::-1].copy())
 
 
 def ddim_step(x_t, eps, alpha, alpha_prev, sigma, z):
@@ -72,10 +72,10 @@ def ddim_step(x_t, eps, alpha, alpha_prev, sigma, z):
   return x_prev, x0_hat
 
 
-@functools.partial(jax.jit, static_argnames=("eps_fn", "parameterization",
-                                             "return_x0_preds"))
-def _ddim_loop(x_T, key, timesteps, coefficients, schedule, *, eps_fn, parameterization,
-               return_x0_preds):
+@functools.partial(jax.jit, static_argnames=("eps_fn", "parameterization", "return_x0_preds"))
+def _ddim_loop(
+  x_T, key, timesteps, coefficients, schedule, *, eps_fn, parameterization, return_x0_preds
+):
   """The jitted scan over steps; coefficients is [S, 3] = (a, a_prev, sigma)."""
   batch = x_T.shape[0]
   keys = jax.random.split(key, timesteps.shape[0])
@@ -85,8 +85,9 @@ def _ddim_loop(x_T, key, timesteps, coefficients, schedule, *, eps_fn, parameter
     alpha, alpha_prev, sigma = coeff[0], coeff[1], coeff[2]
     t_batch = jnp.full((batch,), t, jnp.int32)
     x32 = x.astype(jnp.float32)
-    out = objective.model_output_to_eps(schedule, x32, t_batch,
-                                        eps_fn(x, t_batch).astype(jnp.float32), parameterization)
+    out = objective.model_output_to_eps(
+      schedule, x32, t_batch, eps_fn(x, t_batch).astype(jnp.float32), parameterization
+    )
     z = jax.random.normal(step_key, x.shape, jnp.float32)
     x_prev, x0_hat = ddim_step(x32, out, alpha, alpha_prev, sigma, z)
     return x_prev.astype(x.dtype), (x0_hat if return_x0_preds else None)
@@ -94,10 +95,17 @@ def _ddim_loop(x_T, key, timesteps, coefficients, schedule, *, eps_fn, parameter
   return jax.lax.scan(body, x_T, (timesteps, coefficients, keys))
 
 
-def ddim_sample(eps_fn: EpsFn, x_T: jnp.ndarray, key: jax.Array,
-                schedule: DiffusionSchedule, num_steps: int = 30,
-                eta: float = 0.1, *, parameterization: str = "eps",
-                return_x0_preds: bool = False):
+def ddim_sample(
+  eps_fn: EpsFn,
+  x_T: jnp.ndarray,
+  key: jax.Array,
+  schedule: DiffusionSchedule,
+  num_steps: int = 30,
+  eta: float = 0.1,
+  *,
+  parameterization: str = "eps",
+  return_x0_preds: bool = False,
+):
   """Runs the DDIM sampler from pure noise x_T.
 
   Args:
@@ -118,12 +126,17 @@ def ddim_sample(eps_fn: EpsFn, x_T: jnp.ndarray, key: jax.Array,
     The final latent [B, views, ...] (and the x0_hat trajectory if asked).
   """
   if parameterization not in ("eps", "v", "x0"):
-    raise ValueError(f"parameterization must be 'eps', 'v' or 'x0', got "
-                     f"{parameterization!r}.")
+    raise ValueError(f"parameterization must be 'eps', 'v' or 'x0', got {parameterization!r}.")
   plan = ddim_plan(schedule, num_steps, eta)
   coefficients = np.stack([plan.alphas, plan.alphas_prev, plan.sigmas], axis=1)
   x, x0_preds = _ddim_loop(
-      x_T, key, jnp.asarray(plan.timesteps),
-      jnp.asarray(coefficients, jnp.float32), schedule, eps_fn=eps_fn,
-      parameterization=parameterization, return_x0_preds=return_x0_preds)
+    x_T,
+    key,
+    jnp.asarray(plan.timesteps),
+    jnp.asarray(coefficients, jnp.float32),
+    schedule,
+    eps_fn=eps_fn,
+    parameterization=parameterization,
+    return_x0_preds=return_x0_preds,
+  )
   return (x, x0_preds) if return_x0_preds else x

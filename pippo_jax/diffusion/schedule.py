@@ -12,6 +12,7 @@ Conventions:
   * Batches are [B, views, ...]: one t per sample, shared by all of its views, so
     `q_sample` takes t of shape [B] and broadcasts over every other axis.
 """
+
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -24,6 +25,7 @@ class DiffusionSchedule(NamedTuple):
   A NamedTuple of arrays is a JAX pytree: pass it into jitted functions or close
   over it; `num_timesteps` is its static length.
   """
+
   betas: jnp.ndarray
   alphas: jnp.ndarray
   alphas_cumprod: jnp.ndarray
@@ -36,8 +38,9 @@ class DiffusionSchedule(NamedTuple):
     return int(self.betas.shape[0])
 
 
-def cosine_betas(num_timesteps: int = 1000, s: float = 0.008,
-                 max_beta: float = 0.999) -> np.ndarray:
+def cosine_betas(
+  num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999
+) -> np.ndarray:
   """float64 betas of the cosine schedule, clipped to <= max_beta."""
   if num_timesteps < 1:
     raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}.")
@@ -56,17 +59,18 @@ def schedule_from_betas(betas: np.ndarray) -> DiffusionSchedule:
   abar_prev = np.concatenate([np.ones(1, np.float32), abar[:-1]])
   abar_j = jnp.asarray(abar)
   return DiffusionSchedule(
-      betas=jnp.asarray(betas, jnp.float32),
-      alphas=jnp.asarray(1.0 - betas, jnp.float32),
-      alphas_cumprod=abar_j,
-      alphas_cumprod_prev=jnp.asarray(abar_prev),
-      sqrt_alphas_cumprod=jnp.sqrt(abar_j),
-      sqrt_one_minus_alphas_cumprod=jnp.sqrt(1.0 - abar_j),
+    betas=jnp.asarray(betas, jnp.float32),
+    alphas=jnp.asarray(1.0 - betas, jnp.float32),
+    alphas_cumprod=abar_j,
+    alphas_cumprod_prev=jnp.asarray(abar_prev),
+    sqrt_alphas_cumprod=jnp.sqrt(abar_j),
+    sqrt_one_minus_alphas_cumprod=jnp.sqrt(1.0 - abar_j),
   )
 
 
-def cosine_schedule(num_timesteps: int = 1000, s: float = 0.008,
-                    max_beta: float = 0.999) -> DiffusionSchedule:
+def cosine_schedule(
+  num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999
+) -> DiffusionSchedule:
   """The cosine DDPM schedule used by Pippo (T = 1000, s = 0.008)."""
   return schedule_from_betas(cosine_betas(num_timesteps, s, max_beta))
 
@@ -75,14 +79,14 @@ def extract(coefficients: jnp.ndarray, t: jnp.ndarray, ndim: int) -> jnp.ndarray
   """coefficients[t] for t of shape [B], reshaped to [B, 1, ..., 1] (ndim axes)."""
   t = jnp.asarray(t)
   if t.ndim != 1:
-    raise ValueError(f"t must have shape [B] (one timestep per sample), got "
-                     f"shape {t.shape}.")
+    raise ValueError(f"t must have shape [B] (one timestep per sample), got shape {t.shape}.")
   values = jnp.take(coefficients, t.astype(jnp.int32))
   return values.reshape(t.shape + (1,) * (ndim - 1))
 
 
-def q_sample(schedule: DiffusionSchedule, x0: jnp.ndarray, t: jnp.ndarray,
-             noise: jnp.ndarray) -> jnp.ndarray:
+def q_sample(
+  schedule: DiffusionSchedule, x0: jnp.ndarray, t: jnp.ndarray, noise: jnp.ndarray
+) -> jnp.ndarray:
   """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise.
 
   Args:

@@ -14,6 +14,7 @@ segments are painted far to near and the disc last. Axis segments crossing the
 camera plane are clipped at `near`; if the head point itself is not in front of
 the camera (depth <= near) the image is blank.
 """
+
 import numpy as np
 
 from pippo_jax.geometry import cameras
@@ -32,8 +33,7 @@ def _draw_capsule(img, a, b, radius, color) -> None:
   y1 = min(int(np.ceil(max(a[1], b[1]) + reach)), height)
   if x0 >= x1 or y0 >= y1:
     return
-  v, u = np.meshgrid(np.arange(y0, y1) + 0.5, np.arange(x0, x1) + 0.5,
-                     indexing="ij")
+  v, u = np.meshgrid(np.arange(y0, y1) + 0.5, np.arange(x0, x1) + 0.5, indexing="ij")
   p = np.stack([u, v], axis=-1) - a
   ab = b - a
   length2 = float(ab @ ab)
@@ -43,11 +43,20 @@ def _draw_capsule(img, a, b, radius, color) -> None:
   img[y0:y1, x0:x1] = img[y0:y1, x0:x1] * (1.0 - alpha) + color * alpha
 
 
-def render_spatial_anchor(K, E, head_point, head_rotation, height: int,
-                          width: int, *, radius: float = 0.03,
-                          axis_length: float = 0.12, line_width: float = 0.012,
-                          min_pixels: float = 1.0,
-                          near: float = 1e-3) -> np.ndarray:
+def render_spatial_anchor(
+  K,
+  E,
+  head_point,
+  head_rotation,
+  height: int,
+  width: int,
+  *,
+  radius: float = 0.03,
+  axis_length: float = 0.12,
+  line_width: float = 0.012,
+  min_pixels: float = 1.0,
+  near: float = 1e-3,
+) -> np.ndarray:
   """The anchor marker seen by one camera: uint8 [H, W, 3].
 
   Args:
@@ -62,8 +71,9 @@ def render_spatial_anchor(K, E, head_point, head_rotation, height: int,
   """
   K, E = cameras.validate_cameras(K, E)
   if K.shape != (3, 3) or E.shape != (4, 4):
-    raise ValueError("render_spatial_anchor draws one camera; use "
-                     "render_spatial_anchors for a batch.")
+    raise ValueError(
+      "render_spatial_anchor draws one camera; use render_spatial_anchors for a batch."
+    )
   head_point = np.asarray(head_point, np.float64).reshape(3)
   head_rotation = np.asarray(head_rotation, np.float64).reshape(3, 3)
   img = np.zeros((height, width, 3), np.float64)
@@ -76,8 +86,7 @@ def render_spatial_anchor(K, E, head_point, head_rotation, height: int,
 
   ends = []
   for axis in range(3):
-    end = cameras.world_to_camera(
-        E, (head_point + axis_length * head_rotation[:, axis])[None])[0]
+    end = cameras.world_to_camera(E, (head_point + axis_length * head_rotation[:, axis])[None])[0]
     if end[2] < near:  # clip the segment where it leaves the visible half-space
       end = center + (center[2] - near) / (center[2] - end[2]) * (end - center)
     ends.append((end[2], axis, to_pixels(end)))
@@ -89,13 +98,17 @@ def render_spatial_anchor(K, E, head_point, head_rotation, height: int,
   return np.round(img).astype(np.uint8)
 
 
-def render_spatial_anchors(K, E, head_point, head_rotation, height: int,
-                           width: int, names=None, **kwargs) -> np.ndarray:
+def render_spatial_anchors(
+  K, E, head_point, head_rotation, height: int, width: int, names=None, **kwargs
+) -> np.ndarray:
   """render_spatial_anchor for cameras K [N, 3, 3], E [N, 4, 4] -> [N, H, W, 3].
 
   `names` label the cameras in validation errors.
   """
   K, E = cameras.validate_cameras(K, E, names)
-  return np.stack([render_spatial_anchor(k, e, head_point, head_rotation,
-                                         height, width, **kwargs)
-                   for k, e in zip(K.reshape(-1, 3, 3), E.reshape(-1, 4, 4))])
+  return np.stack(
+    [
+      render_spatial_anchor(k, e, head_point, head_rotation, height, width, **kwargs)
+      for k, e in zip(K.reshape(-1, 3, 3), E.reshape(-1, 4, 4))
+    ]
+  )

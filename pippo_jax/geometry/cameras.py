@@ -34,7 +34,8 @@ Arrays are float64 NumPy, batched over leading axes: K [..., 3, 3], E [..., 4, 4
     `camera_calibration.json`): {"KRT": [{"cameraId", "K": K^T, "T": E^T}, ...]},
     i.e. K stored transposed and "T" the transposed 4x4 world->camera matrix.
 """
-from typing import Optional, Sequence
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -47,8 +48,7 @@ def as_E44(E) -> np.ndarray:
   if E.shape[-2:] == (4, 4):
     return E
   if E.shape[-2:] != (3, 4):
-    raise ValueError(f"E must have shape [..., 4, 4] or [..., 3, 4], got "
-                     f"{E.shape}.")
+    raise ValueError(f"E must have shape [..., 4, 4] or [..., 3, 4], got {E.shape}.")
   bottom = np.broadcast_to([0.0, 0.0, 0.0, 1.0], E.shape[:-2] + (1, 4))
   return np.concatenate([E, bottom], axis=-2)
 
@@ -61,11 +61,14 @@ def make_E(R, t) -> np.ndarray:
 
 def make_K(fx, fy, cx, cy, skew=0.0) -> np.ndarray:
   """K [..., 3, 3] from focal lengths and principal point (pixels)."""
-  fx, fy, cx, cy, skew = np.broadcast_arrays(*(np.asarray(v, np.float64)
-                                               for v in (fx, fy, cx, cy, skew)))
+  fx, fy, cx, cy, skew = np.broadcast_arrays(
+    *(np.asarray(v, np.float64) for v in (fx, fy, cx, cy, skew))
+  )
   zero, one = np.zeros_like(fx), np.ones_like(fx)
-  return np.stack([np.stack([fx, skew, cx], -1), np.stack([zero, fy, cy], -1),
-                   np.stack([zero, zero, one], -1)], -2)
+  return np.stack(
+    [np.stack([fx, skew, cx], -1), np.stack([zero, fy, cy], -1), np.stack([zero, zero, one], -1)],
+    -2,
+  )
 
 
 def rigid_inverse(T) -> np.ndarray:
@@ -85,8 +88,7 @@ def _camera_names(names, count: int):
   return names
 
 
-def validate_cameras(K, E, names: Optional[Sequence[str]] = None, *,
-                     atol: float = 1e-4):
+def validate_cameras(K, E, names: Sequence[str] | None = None, *, atol: float = 1e-4):
   """Checks intrinsics and extrinsics; returns (K, E) as float64, E [..., 4, 4].
 
   Raises ValueError naming the first bad camera (by `names`, else by flat index)
@@ -108,20 +110,24 @@ def validate_cameras(K, E, names: Optional[Sequence[str]] = None, *,
   return K, E
 
 
-def _intrinsics_problem(k) -> Optional[str]:
+def _intrinsics_problem(k) -> str | None:
   if not np.all(np.isfinite(k)):
     return f"K contains NaN or inf: {k.tolist()}."
   if abs(k[1, 0]) > 1e-9 * np.abs(k).max() or np.any(np.abs(k[2] - [0, 0, 1]) > 1e-9):
-    return (f"K must be [[fx, s, cx], [0, fy, cy], [0, 0, 1]], got {k.tolist()} "
-            f"(a transposed K from a KRT file? use krt_to_KE).")
+    return (
+      f"K must be [[fx, s, cx], [0, fy, cy], [0, 0, 1]], got {k.tolist()} "
+      f"(a transposed K from a KRT file? use krt_to_KE)."
+    )
   if not (k[0, 0] > 0 and k[1, 1] > 0):
-    return (f"K is not invertible or has non-positive focal lengths (fx="
-            f"{k[0, 0]:g}, fy={k[1, 1]:g}); check the calibration or the crop "
-            f"that produced it.")
+    return (
+      f"K is not invertible or has non-positive focal lengths (fx="
+      f"{k[0, 0]:g}, fy={k[1, 1]:g}); check the calibration or the crop "
+      f"that produced it."
+    )
   return None
 
 
-def _extrinsics_problem(e, atol) -> Optional[str]:
+def _extrinsics_problem(e, atol) -> str | None:
   if not np.all(np.isfinite(e)):
     return f"E contains NaN or inf: {e.tolist()}."
   if np.any(np.abs(e[3] - [0, 0, 0, 1]) > 1e-9):
@@ -129,11 +135,15 @@ def _extrinsics_problem(e, atol) -> Optional[str]:
   R = e[:3, :3]
   deviation = np.abs(R @ R.T - np.eye(3)).max()
   if deviation > atol:
-    return (f"E is not rigid: |R R^T - I| = {deviation:.3g} > {atol:g} (scaled "
-            f"or sheared rotation); E must map world to camera as [R | t].")
+    return (
+      f"E is not rigid: |R R^T - I| = {deviation:.3g} > {atol:g} (scaled "
+      f"or sheared rotation); E must map world to camera as [R | t]."
+    )
   if np.linalg.det(R) < 0:
-    return ("E's rotation has det -1 (a reflection): the camera is left-handed; "
-            "convert OpenGL/Blender cameras with opengl_c2w_to_opencv_E.")
+    return (
+      "E's rotation has det -1 (a reflection): the camera is left-handed; "
+      "convert OpenGL/Blender cameras with opengl_c2w_to_opencv_E."
+    )
   return None
 
 
@@ -150,8 +160,9 @@ def camera_centers(E) -> np.ndarray:
 def world_to_camera(E, X) -> np.ndarray:
   """Points X [..., N, 3] in camera coordinates, R X + t."""
   E = as_E44(E)
-  return (np.einsum("...ij,...nj->...ni", E[..., :3, :3], np.asarray(X, np.float64))
-          + E[..., None, :3, 3])
+  return (
+    np.einsum("...ij,...nj->...ni", E[..., :3, :3], np.asarray(X, np.float64)) + E[..., None, :3, 3]
+  )
 
 
 def project_points(K, E, X):
@@ -179,8 +190,7 @@ def crop_and_resize_intrinsics(K, box_xywh, out_hw) -> np.ndarray:
   batch = np.broadcast_shapes(K.shape[:-2], box.shape[:-1])
   x0, y0, w, h = np.moveaxis(np.broadcast_to(box, batch + (4,)), -1, 0)
   if np.any(w <= 0) or np.any(h <= 0):
-    raise ValueError(f"crop box must have positive width and height, got "
-                     f"{box_xywh}.")
+    raise ValueError(f"crop box must have positive width and height, got {box_xywh}.")
   K = np.broadcast_to(K, batch + (3, 3)).copy()
   K[..., 0, 2] -= x0
   K[..., 1, 2] -= y0
@@ -197,8 +207,7 @@ def resize_intrinsics(K, in_hw, out_hw) -> np.ndarray:
 def camera_pose_16(E, kind: str = "world_to_camera") -> np.ndarray:
   """The flattened 4x4 camera pose [..., 16], float32, row-major (see the top)."""
   if kind not in ("world_to_camera", "camera_to_world"):
-    raise ValueError(f"kind must be 'world_to_camera' or 'camera_to_world', got "
-                     f"{kind!r}.")
+    raise ValueError(f"kind must be 'world_to_camera' or 'camera_to_world', got {kind!r}.")
   M = as_E44(E) if kind == "world_to_camera" else rigid_inverse(E)
   return M.reshape(M.shape[:-2] + (16,)).astype(np.float32)
 
@@ -228,11 +237,14 @@ def quaternion_to_rotation(q) -> np.ndarray:
   q = np.asarray(q, np.float64)
   q = q / np.linalg.norm(q, axis=-1, keepdims=True)
   w, x, y, z = np.moveaxis(q, -1, 0)
-  return np.stack([
+  return np.stack(
+    [
       np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
       np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
       np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
-  ], -2)
+    ],
+    -2,
+  )
 
 
 def rotation_to_quaternion(R) -> np.ndarray:
@@ -246,12 +258,18 @@ def rotation_to_quaternion(R) -> np.ndarray:
   trace = r(0, 0) + r(1, 1) + r(2, 2)
   sym = lambda i, j: r(i, j) + r(j, i)
   skew = [r(2, 1) - r(1, 2), r(0, 2) - r(2, 0), r(1, 0) - r(0, 1)]
-  m = np.stack([
-      np.stack([2 * r(0, 0) - trace, sym(0, 1), sym(0, 2), skew[0]], -1),
-      np.stack([sym(0, 1), 2 * r(1, 1) - trace, sym(1, 2), skew[1]], -1),
-      np.stack([sym(0, 2), sym(1, 2), 2 * r(2, 2) - trace, skew[2]], -1),
-      np.stack([skew[0], skew[1], skew[2], trace], -1),
-  ], -2) / 3.0
+  m = (
+    np.stack(
+      [
+        np.stack([2 * r(0, 0) - trace, sym(0, 1), sym(0, 2), skew[0]], -1),
+        np.stack([sym(0, 1), 2 * r(1, 1) - trace, sym(1, 2), skew[1]], -1),
+        np.stack([sym(0, 2), sym(1, 2), 2 * r(2, 2) - trace, skew[2]], -1),
+        np.stack([skew[0], skew[1], skew[2], trace], -1),
+      ],
+      -2,
+    )
+    / 3.0
+  )
   _, vectors = np.linalg.eigh(m)
   xyzw = vectors[..., :, -1]
   q = np.concatenate([xyzw[..., 3:], xyzw[..., :3]], axis=-1)
@@ -282,9 +300,11 @@ def colmap_camera_to_K(model: str, params) -> np.ndarray:
     return make_K(p[0], p[0], p[1], p[2])
   if model in full and p.size == full[model] and not np.any(p[4:]):
     return make_K(p[0], p[1], p[2], p[3])
-  raise ValueError(f"unsupported COLMAP camera {model} with params {p.tolist()}: "
-                   f"only pinhole cameras (or zero distortion) can be converted; "
-                   f"undistort the images first (colmap image_undistorter).")
+  raise ValueError(
+    f"unsupported COLMAP camera {model} with params {p.tolist()}: "
+    f"only pinhole cameras (or zero distortion) can be converted; "
+    f"undistort the images first (colmap image_undistorter)."
+  )
 
 
 # --- KRT (the authors' capture calibration) -----------------------------------
@@ -306,16 +326,16 @@ def krt_to_KE(krt, integer_pixel_centers: bool = False):
   entries = [entries] if isinstance(entries, dict) else list(entries)
   names = [str(e.get("cameraId", i)) for i, e in enumerate(entries)]
   K = np.stack([np.asarray(e["K"], np.float64).T for e in entries])
-  E = np.stack([as_E44(np.asarray(e["T"], np.float64).T[:3, :4])
-                for e in entries])
+  E = np.stack([as_E44(np.asarray(e["T"], np.float64).T[:3, :4]) for e in entries])
   if integer_pixel_centers:
     K[:, :2, 2] += 0.5
   validate_cameras(K, E, names)
   return K, E, names
 
 
-def KE_to_krt(K, E, names: Optional[Sequence[str]] = None,
-              integer_pixel_centers: bool = False) -> dict:
+def KE_to_krt(
+  K, E, names: Sequence[str] | None = None, integer_pixel_centers: bool = False
+) -> dict:
   """(K [N, 3, 3], E [N, 4, 4]) -> {"KRT": [{"cameraId", "K": K^T, "T": E^T}]}."""
   K, E = validate_cameras(K, E, names)
   K = np.array(K.reshape(-1, 3, 3))
@@ -323,5 +343,6 @@ def KE_to_krt(K, E, names: Optional[Sequence[str]] = None,
   if integer_pixel_centers:
     K[:, :2, 2] -= 0.5
   names = _camera_names(names, K.shape[0])
-  return {"KRT": [{"cameraId": n, "K": k.T.tolist(), "T": e.T.tolist()}
-                  for n, k, e in zip(names, K, E)]}
+  return {
+    "KRT": [{"cameraId": n, "K": k.T.tolist(), "T": e.T.tolist()} for n, k, e in zip(names, K, E)]
+  }

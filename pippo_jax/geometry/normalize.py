@@ -14,7 +14,8 @@ R' = R Q^T, t' = s (R c + t): camera coordinates scale by s, so every image, K,
 and projection is unchanged, while camera poses and Plücker moments become
 comparable across captures.
 """
-from typing import NamedTuple, Optional
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from pippo_jax.geometry import cameras
 
 class SceneTransform(NamedTuple):
   """The similarity X' = scale * rotation @ (X - center)."""
+
   scale: float
   rotation: np.ndarray
   center: np.ndarray
@@ -44,14 +46,18 @@ class SceneTransform(NamedTuple):
 
   def head_pose(self, head_point, head_rotation):
     """(point, head-to-world rotation) in the normalised frame."""
-    return self.points(head_point), self.rotation @ np.asarray(head_rotation,
-                                                               np.float64)
+    return self.points(head_point), self.rotation @ np.asarray(head_rotation, np.float64)
 
 
-def head_normalization(E, head_point, head_rotation=None, *,
-                       target_distance: float = 1.0,
-                       scale: Optional[float] = None,
-                       align_rotation: bool = True) -> SceneTransform:
+def head_normalization(
+  E,
+  head_point,
+  head_rotation=None,
+  *,
+  target_distance: float = 1.0,
+  scale: float | None = None,
+  align_rotation: bool = True,
+) -> SceneTransform:
   """The SceneTransform centring (and optionally aligning) the scene on the head.
 
   Args:
@@ -69,15 +75,12 @@ def head_normalization(E, head_point, head_rotation=None, *,
   if head_rotation is not None and align_rotation:
     H = np.asarray(head_rotation, np.float64).reshape(3, 3)
     if np.abs(H @ H.T - np.eye(3)).max() > 1e-4 or np.linalg.det(H) < 0:
-      raise ValueError("head_rotation must be a rotation matrix (orthonormal, "
-                       "det +1).")
+      raise ValueError("head_rotation must be a rotation matrix (orthonormal, det +1).")
     rotation = H.T
   if scale is None:
-    distances = np.linalg.norm(cameras.camera_centers(E).reshape(-1, 3) - center,
-                               axis=-1)
+    distances = np.linalg.norm(cameras.camera_centers(E).reshape(-1, 3) - center, axis=-1)
     if distances.size == 0 or distances.mean() <= 0:
-      raise ValueError("cannot scale on camera distances: no cameras away from "
-                       "the head point.")
+      raise ValueError("cannot scale on camera distances: no cameras away from the head point.")
     scale = target_distance / distances.mean()
   if not scale > 0:
     raise ValueError(f"scale must be positive, got {scale}.")

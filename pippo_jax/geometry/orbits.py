@@ -17,9 +17,11 @@ and NeRF/Blender "transforms.json" files (OpenGL camera-to-world
 "transform_matrix", intrinsics from fl_x/fl_y/cx/cy or camera_angle_x and w/h).
 Every camera read is validated; errors name the camera.
 """
+
 import json
 import pathlib
-from typing import List, NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -31,21 +33,29 @@ def look_at(eye, target, up) -> np.ndarray:
   eye, target, up = (np.asarray(v, np.float64) for v in (eye, target, up))
   forward = target - eye
   right = np.cross(forward, up)
-  if (np.linalg.norm(forward) < 1e-12
-      or np.linalg.norm(right) < 1e-9 * np.linalg.norm(forward)):
-    raise ValueError(f"look_at: eye {eye.tolist()} must differ from target and "
-                     f"the view direction must not be parallel to up.")
+  if np.linalg.norm(forward) < 1e-12 or np.linalg.norm(right) < 1e-9 * np.linalg.norm(forward):
+    raise ValueError(
+      f"look_at: eye {eye.tolist()} must differ from target and "
+      f"the view direction must not be parallel to up."
+    )
   z = forward / np.linalg.norm(forward)
   x = right / np.linalg.norm(right)
   R = np.stack([x, np.cross(z, x), z])  # rows: camera x (right), y (down), z
   return cameras.make_E(R, -R @ eye)
 
 
-def turntable_cameras(num_views: int, radius: float, head_point=(0.0, 0.0, 0.0),
-                      head_rotation=None, *, elevations_deg: Sequence[float] = (0.0,),
-                      image_hw=(512, 512), fov_deg: Optional[float] = 30.0,
-                      focal: Optional[float] = None,
-                      start_azimuth_deg: float = 0.0):
+def turntable_cameras(
+  num_views: int,
+  radius: float,
+  head_point=(0.0, 0.0, 0.0),
+  head_rotation=None,
+  *,
+  elevations_deg: Sequence[float] = (0.0,),
+  image_hw=(512, 512),
+  fov_deg: float | None = 30.0,
+  focal: float | None = None,
+  start_azimuth_deg: float = 0.0,
+):
   """A turntable of num_views cameras per elevation -> (K [M, 3, 3], E [M, 4, 4]).
 
   Args:
@@ -59,8 +69,7 @@ def turntable_cameras(num_views: int, radius: float, head_point=(0.0, 0.0, 0.0),
     start_azimuth_deg: azimuth of the first camera of each circle.
   """
   if num_views < 1 or not radius > 0:
-    raise ValueError(f"need num_views >= 1 and radius > 0, got {num_views}, "
-                     f"{radius}.")
+    raise ValueError(f"need num_views >= 1 and radius > 0, got {num_views}, {radius}.")
   if any(abs(e) >= 90 for e in elevations_deg):
     raise ValueError(f"elevations must be in (-90, 90), got {elevations_deg}.")
   H = np.eye(3) if head_rotation is None else np.asarray(head_rotation, np.float64)
@@ -69,48 +78,46 @@ def turntable_cameras(num_views: int, radius: float, head_point=(0.0, 0.0, 0.0),
   height, width = image_hw
   if focal is None:
     if fov_deg is None or not 0 < fov_deg < 180:
-      raise ValueError(f"give focal (pixels) or fov_deg in (0, 180), got "
-                       f"focal={focal}, fov_deg={fov_deg}.")
+      raise ValueError(
+        f"give focal (pixels) or fov_deg in (0, 180), got focal={focal}, fov_deg={fov_deg}."
+      )
     focal = 0.5 * height / np.tan(np.radians(fov_deg) / 2)
   azimuths = np.radians(start_azimuth_deg + 360.0 * np.arange(num_views) / num_views)
   Es = []
   for elevation in np.radians(np.asarray(elevations_deg, np.float64)):
     for azimuth in azimuths:
-      direction = (np.cos(elevation) * (np.cos(azimuth) * z_axis
-                                        + np.sin(azimuth) * x_axis)
-                   + np.sin(elevation) * y_axis)
+      direction = (
+        np.cos(elevation) * (np.cos(azimuth) * z_axis + np.sin(azimuth) * x_axis)
+        + np.sin(elevation) * y_axis
+      )
       Es.append(look_at(center + radius * direction, center, y_axis))
   E = np.stack(Es)
-  K = np.broadcast_to(cameras.make_K(focal, focal, width / 2, height / 2),
-                      (len(Es), 3, 3)).copy()
+  K = np.broadcast_to(cameras.make_K(focal, focal, width / 2, height / 2), (len(Es), 3, 3)).copy()
   return K, E
 
 
 class CameraList(NamedTuple):
   """Cameras read from a file: K [N, 3, 3], E [N, 4, 4], names, image_hw [N, 2]."""
+
   K: np.ndarray
   E: np.ndarray
-  names: List[str]
-  image_hw: Optional[np.ndarray]
+  names: list[str]
+  image_hw: np.ndarray | None
 
 
-def cameras_to_json(path, K, E, names: Optional[Sequence[str]] = None,
-                    image_hw=None) -> None:
+def cameras_to_json(path, K, E, names: Sequence[str] | None = None, image_hw=None) -> None:
   """Writes cameras in this module's JSON layout (see the top)."""
   K, E = cameras.validate_cameras(K, E, names)
   K, E = K.reshape(-1, 3, 3), E.reshape(-1, 4, 4)
-  names = [str(n) for n in names] if names is not None else [
-      str(i) for i in range(len(K))]
-  hw = None if image_hw is None else np.broadcast_to(
-      np.asarray(image_hw, int), (len(K), 2))
+  names = [str(n) for n in names] if names is not None else [str(i) for i in range(len(K))]
+  hw = None if image_hw is None else np.broadcast_to(np.asarray(image_hw, int), (len(K), 2))
   entries = []
   for i, (name, k, e) in enumerate(zip(names, K, E)):
     entry = {"name": name, "K": k.tolist(), "E": e.tolist()}
     if hw is not None:
       entry["height"], entry["width"] = int(hw[i, 0]), int(hw[i, 1])
     entries.append(entry)
-  text = json.dumps({"convention": "opencv_world_to_camera", "cameras": entries},
-                    indent=1)
+  text = json.dumps({"convention": "opencv_world_to_camera", "cameras": entries}, indent=1)
   pathlib.Path(path).write_text(text)
 
 
@@ -123,8 +130,7 @@ def cameras_from_json(path) -> CameraList:
   if isinstance(data, dict) and "frames" in data:
     return _from_nerf(data)
   if not (isinstance(data, dict) and "cameras" in data):
-    raise ValueError(f"{path}: expected a JSON object with 'cameras', 'KRT' or "
-                     f"'frames'.")
+    raise ValueError(f"{path}: expected a JSON object with 'cameras', 'KRT' or 'frames'.")
   convention = data.get("convention", "opencv_world_to_camera")
   if convention != "opencv_world_to_camera":
     raise ValueError(f"{path}: unsupported convention {convention!r}.")
@@ -160,8 +166,7 @@ def _from_nerf(data) -> CameraList:
     cx = get("cx") if get("cx") is not None else w / 2
     cy = get("cy") if get("cy") is not None else h / 2
     Ks.append(cameras.make_K(fx, fy, cx, cy))
-    Es.append(cameras.opengl_c2w_to_opencv_E(np.asarray(frame["transform_matrix"],
-                                                        np.float64)))
+    Es.append(cameras.opengl_c2w_to_opencv_E(np.asarray(frame["transform_matrix"], np.float64)))
     names.append(name)
     hws.append((int(h), int(w)))
   K, E = np.stack(Ks), np.stack(Es)

@@ -6,7 +6,6 @@ are ordered (d_x, d_y, d_z, m_x, m_y, m_z), the order Pippo's ControlMLP reads.
 Pixel centres sit at (j + 0.5, i + 0.5) (see cameras.py). Rays are computed in
 float64 and returned as float32 (they feed the model) unless asked otherwise.
 """
-from typing import Optional, Tuple
 
 import numpy as np
 
@@ -15,8 +14,7 @@ from pippo_jax.geometry import cameras
 
 def pixel_centers(height: int, width: int) -> np.ndarray:
   """(u, v) of every pixel centre, [H, W, 2] float64."""
-  v, u = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5,
-                     indexing="ij")
+  v, u = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
   return np.stack([u, v], axis=-1)
 
 
@@ -37,9 +35,9 @@ def plucker_from_pixels(K, E, uv, dtype=np.float64) -> np.ndarray:
   return np.concatenate([d, np.cross(o, d)], axis=-1).astype(dtype)
 
 
-def plucker_rays(K, E, height: int, width: int, *,
-                 intrinsics_hw: Optional[Tuple[int, int]] = None,
-                 dtype=np.float32) -> np.ndarray:
+def plucker_rays(
+  K, E, height: int, width: int, *, intrinsics_hw: tuple[int, int] | None = None, dtype=np.float32
+) -> np.ndarray:
   """The Plücker map of cameras (K [..., 3, 3], E [..., 4, 4]): [..., H, W, 6].
 
   Args:

@@ -6,6 +6,7 @@ rows u P_3 - P_1 and v P_3 - P_2 annihilate X. Stacking them over views gives A
 is scaled to unit norm first, which keeps the least-squares problem balanced
 between views with very different focal lengths or pixel scales.
 """
+
 import numpy as np
 
 from pippo_jax.geometry import cameras
@@ -15,9 +16,8 @@ def triangulate_views(P, uv) -> np.ndarray:
   """Points seen by V cameras: P [V, 3, 4], uv [V, N, 2] -> X [N, 3] (float64)."""
   P, uv = np.asarray(P, np.float64), np.asarray(uv, np.float64)
   if P.ndim != 3 or P.shape[1:] != (3, 4) or uv.ndim != 3 or uv.shape[0] != P.shape[0]:
-    raise ValueError(f"expected P [V, 3, 4] and uv [V, N, 2], got {P.shape} and "
-                     f"{uv.shape}.")
-  rows_u = uv[..., 0, None] * P[:, None, 2] - P[:, None, 0]   # [V, N, 4]
+    raise ValueError(f"expected P [V, 3, 4] and uv [V, N, 2], got {P.shape} and {uv.shape}.")
+  rows_u = uv[..., 0, None] * P[:, None, 2] - P[:, None, 0]  # [V, N, 4]
   rows_v = uv[..., 1, None] * P[:, None, 2] - P[:, None, 1]
   A = np.concatenate([rows_u, rows_v], axis=0).transpose(1, 0, 2)  # [N, 2V, 4]
   A = A / np.linalg.norm(A, axis=-1, keepdims=True)
@@ -32,15 +32,14 @@ def triangulate_points(P1, P2, uv1, uv2) -> np.ndarray:
 
 def reprojection_errors(P, X, uv) -> np.ndarray:
   """Pixel distances between projections of X [N, 3] by P [3, 4] and uv [N, 2]."""
-  Xh = np.concatenate([np.asarray(X, np.float64),
-                       np.ones(np.shape(X)[:-1] + (1,))], axis=-1)
+  Xh = np.concatenate([np.asarray(X, np.float64), np.ones(np.shape(X)[:-1] + (1,))], axis=-1)
   x = Xh @ np.asarray(P, np.float64).T
   return np.linalg.norm(x[:, :2] / x[:, 2:] - uv, axis=-1)
 
 
 def triangulate_with_cameras(K1, E1, K2, E2, uv1, uv2) -> np.ndarray:
   """Validated cameras in the module convention -> X [N, 3]."""
-  cameras.validate_cameras(np.stack([K1, K2]), np.stack([cameras.as_E44(E1),
-                                                         cameras.as_E44(E2)]))
-  return triangulate_points(cameras.projection_matrix(K1, E1),
-                            cameras.projection_matrix(K2, E2), uv1, uv2)
+  cameras.validate_cameras(np.stack([K1, K2]), np.stack([cameras.as_E44(E1), cameras.as_E44(E2)]))
+  return triangulate_points(
+    cameras.projection_matrix(K1, E1), cameras.projection_matrix(K2, E2), uv1, uv2
+  )

@@ -1,4 +1,5 @@
 """Sampling novel views from a batch, and the image grids written during training."""
+
 import io
 
 import jax
@@ -7,12 +8,27 @@ import numpy as np
 from PIL import Image
 
 from pippo_jax.diffusion import guidance, sampler
-from pippo_jax.models import codec as codec_lib, inputs
+from pippo_jax.models import codec as codec_lib
+from pippo_jax.models import inputs
 
 
-def sample_views(model, params, batch, codec, cfg, schedule, key, *, num_steps=30, eta=0.1,
-                 scales=None, rescale=0.0, triangular=False, attention_biasing=False,
-                 parameterization="eps"):
+def sample_views(
+  model,
+  params,
+  batch,
+  codec,
+  cfg,
+  schedule,
+  key,
+  *,
+  num_steps=30,
+  eta=0.1,
+  scales=None,
+  rescale=0.0,
+  triangular=False,
+  attention_biasing=False,
+  parameterization="eps",
+):
   """DDIM-sample the target views of `batch` given its reference and cameras -> uint8 images.
 
   `parameterization` is what the model predicts ("eps", "v" or "x0"); guidance combines any of
@@ -25,15 +41,16 @@ def sample_views(model, params, batch, codec, cfg, schedule, key, *, num_steps=3
 
   def model_fn(x_t, t, drop):
     tiled = guidance.tile_batch(cond, x_t.shape[0] // b)
-    return model.apply({"params": params}, x_t, t, tiled, drop,
-                       attention_biasing=attention_biasing)
+    return model.apply({"params": params}, x_t, t, tiled, drop, attention_biasing=attention_biasing)
 
-  eps_fn = guidance.guided_eps_fn(model_fn, dict(scales or {}), rescale=rescale,
-                                  triangular=triangular)
+  eps_fn = guidance.guided_eps_fn(
+    model_fn, dict(scales or {}), rescale=rescale, triangular=triangular
+  )
   k_init, k_loop = jax.random.split(key)
   x_T = jax.random.normal(k_init, latent_shape, jnp.float32)
-  x0 = sampler.ddim_sample(eps_fn, x_T, k_loop, schedule, num_steps=num_steps, eta=eta,
-                           parameterization=parameterization)
+  x0 = sampler.ddim_sample(
+    eps_fn, x_T, k_loop, schedule, num_steps=num_steps, eta=eta, parameterization=parameterization
+  )
   return codec_lib.to_uint8(codec.decode(x0))
 
 

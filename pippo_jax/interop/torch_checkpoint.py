@@ -14,9 +14,10 @@ A state_dict may be wrapped: the release's `save_checkpoint` writes {"iteration"
 Keys may carry "module." (DistributedDataParallel), "_orig_mod." (torch.compile) or "model."
 prefixes, which are stripped. Every such step is reported in the returned notes.
 """
-from collections.abc import Mapping
+
 import os
 import re
+from collections.abc import Mapping
 
 import numpy as np
 from safetensors.numpy import load_file
@@ -31,8 +32,10 @@ def import_torch():
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as e:
-    raise ImportError("reading a .pt/.pth checkpoint needs PyTorch: pip install 'pippo_jax[torch]' "
-                      "(or convert it to .safetensors where torch is installed)") from e
+    raise ImportError(
+      "reading a .pt/.pth checkpoint needs PyTorch: pip install 'pippo_jax[torch]' "
+      "(or convert it to .safetensors where torch is installed)"
+    ) from e
   return torch
 
 
@@ -43,9 +46,11 @@ def _torch_load(path: str):
   except Exception as e:  # torch raises pickle.UnpicklingError (and others) for refused objects
     if "weights_only" not in str(e) and "Weights only" not in str(e):
       raise
-    raise ValueError(f"{path}: refused to unpickle objects other than tensors and plain containers "
-                     "(torch.load with weights_only=True failed). Re-save the model's state_dict "
-                     f"from code you trust, e.g. as .safetensors.\n  torch said: {e}") from e
+    raise ValueError(
+      f"{path}: refused to unpickle objects other than tensors and plain containers "
+      "(torch.load with weights_only=True failed). Re-save the model's state_dict "
+      f"from code you trust, e.g. as .safetensors.\n  torch said: {e}"
+    ) from e
 
 
 def _is_array(x) -> bool:
@@ -78,8 +83,10 @@ def unwrap(obj, key: str | None = None) -> tuple[dict, list[str]]:
       return dict(obj), notes
     hits = [k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)]
     if not hits:
-      raise ValueError(f"no state_dict found in {_describe(obj)}: expected names -> tensors or an "
-                       f"entry among {list(WRAPPER_KEYS)} (or pass the entry's key)")
+      raise ValueError(
+        f"no state_dict found in {_describe(obj)}: expected names -> tensors or an "
+        f"entry among {list(WRAPPER_KEYS)} (or pass the entry's key)"
+      )
     others = sorted(str(k) for k in obj if k != hits[0])
     notes.append(f"unwrapped {hits[0]!r}" + (f" (ignored entries {others})" if others else ""))
     obj = obj[hits[0]]
@@ -93,7 +100,7 @@ def strip_prefixes(state_dict: dict) -> tuple[dict, list[str]]:
     stripped = False
     for p in PREFIXES:
       if all(k.startswith(p) for k in state_dict):
-        state_dict = {k[len(p):]: v for k, v in state_dict.items()}
+        state_dict = {k[len(p) :]: v for k, v in state_dict.items()}
         notes.append(f"stripped prefix {p!r} from all {len(state_dict)} keys")
         stripped = True
   inner = [k for k in state_dict if "._orig_mod." in k]
@@ -128,8 +135,10 @@ def read_state_dict(path: str, key: str | None = None) -> tuple[dict[str, np.nda
       obj = {k: f[k] for k in f.files}
     notes = [f"read {path} (npz)"]
   else:
-    raise ValueError(f"{path}: unknown checkpoint type {ext!r}; expected one of "
-                     f"{list(TORCH_EXTENSIONS) + ['.safetensors', '.npz']}")
+    raise ValueError(
+      f"{path}: unknown checkpoint type {ext!r}; expected one of "
+      f"{list(TORCH_EXTENSIONS) + ['.safetensors', '.npz']}"
+    )
   state_dict, more = unwrap(obj, key)
   notes += more
   state_dict, more = strip_prefixes(state_dict)
@@ -153,7 +162,8 @@ def summarise_keys(keys: list[str]) -> str:
   parts = []
   for module, (leaves, count) in sorted(groups.items()):
     leaves = sorted(x for x in leaves if x)
-    tail = "" if not leaves else "." + (leaves[0] if len(leaves) == 1 else
-                                        "{" + ",".join(leaves) + "}")
+    tail = (
+      "" if not leaves else "." + (leaves[0] if len(leaves) == 1 else "{" + ",".join(leaves) + "}")
+    )
     parts.append(f"{module}{tail} ({count[0]})")
   return ", ".join(parts)

@@ -18,12 +18,13 @@ float32 softmax statistics.
 - "splash": Pallas TPU splash attention (full mask, vmapped over batch); runs
   in interpret mode (slowly) when not on a TPU.
 """
+
 import functools
 import math
 
 import jax
-from jax import lax
 import jax.numpy as jnp
+from jax import lax
 
 IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn", "splash")
 
@@ -53,8 +54,8 @@ def resolve_implementation(name: str, backend: str | None = None) -> str:
   """
   if name not in IMPLEMENTATIONS:
     raise ValueError(
-        f"Unknown attention implementation {name!r}; valid ones are "
-        f"{', '.join(IMPLEMENTATIONS)}.")
+      f"Unknown attention implementation {name!r}; valid ones are {', '.join(IMPLEMENTATIONS)}."
+    )
   if name != "auto":
     return name
   backend = backend or jax.default_backend()
@@ -65,9 +66,9 @@ def resolve_implementation(name: str, backend: str | None = None) -> str:
   return "xla"
 
 
-def biased_attention_scale(head_dim: int, tokens_per_view: int,
-                           num_views: int, train_views: int,
-                           gamma: float) -> float:
+def biased_attention_scale(
+  head_dim: int, tokens_per_view: int, num_views: int, train_views: int, gamma: float
+) -> float:
   """Pippo's attention biasing scale for sampling more views than trained.
 
   Returns `sqrt(gamma * log(tokens_per_view * num_views) /
@@ -75,19 +76,21 @@ def biased_attention_scale(head_dim: int, tokens_per_view: int,
   entropy near its training value when the sequence grows. `num_views` counts
   every view in the sequence (targets and reference).
   """
-  for arg, value in (("head_dim", head_dim),
-                     ("tokens_per_view", tokens_per_view),
-                     ("num_views", num_views), ("train_views", train_views)):
+  for arg, value in (
+    ("head_dim", head_dim),
+    ("tokens_per_view", tokens_per_view),
+    ("num_views", num_views),
+    ("train_views", train_views),
+  ):
     if value < 1:
-      raise ValueError(f"biased_attention_scale: {arg} must be >= 1, "
-                       f"got {value}.")
+      raise ValueError(f"biased_attention_scale: {arg} must be >= 1, got {value}.")
   if gamma <= 0:
     raise ValueError(f"biased_attention_scale: gamma must be > 0, got {gamma}.")
   if tokens_per_view * train_views < 2:
-    raise ValueError("biased_attention_scale: tokens_per_view * train_views "
-                     "must be >= 2 (log of 1 is 0).")
-  ratio = (math.log(tokens_per_view * num_views)
-           / math.log(tokens_per_view * train_views))
+    raise ValueError(
+      "biased_attention_scale: tokens_per_view * train_views must be >= 2 (log of 1 is 0)."
+    )
+  ratio = math.log(tokens_per_view * num_views) / math.log(tokens_per_view * train_views)
   return math.sqrt(gamma * ratio / head_dim)
 
 
@@ -96,24 +99,21 @@ def _check_shapes(q, k, v):
   for name, x in (("q", q), ("k", k), ("v", v)):
     if x.ndim != 4:
       raise ValueError(
-          f"attention: {name} must have rank 4 [batch, tokens, heads, "
-          f"head_dim], got shape {x.shape}.")
+        f"attention: {name} must have rank 4 [batch, tokens, heads, head_dim], got shape {x.shape}."
+      )
   if q.shape[-1] != k.shape[-1]:
-    raise ValueError(
-        f"attention: q and k head dims differ: q {q.shape}, k {k.shape}.")
+    raise ValueError(f"attention: q and k head dims differ: q {q.shape}, k {k.shape}.")
   if k.shape[:3] != v.shape[:3]:
     raise ValueError(
-        f"attention: k and v must agree in batch, tokens and heads: "
-        f"k {k.shape}, v {v.shape}.")
+      f"attention: k and v must agree in batch, tokens and heads: k {k.shape}, v {v.shape}."
+    )
   if (q.shape[0], q.shape[2]) != (k.shape[0], k.shape[2]):
-    raise ValueError(
-        f"attention: q and k must agree in batch and heads: q {q.shape}, "
-        f"k {k.shape}.")
+    raise ValueError(f"attention: q and k must agree in batch and heads: q {q.shape}, k {k.shape}.")
 
 
-def dot_product_attention(q, k, v, *, scale: float,
-                          implementation: str = "auto", block_q: int = 512,
-                          block_kv: int = 512):
+def dot_product_attention(
+  q, k, v, *, scale: float, implementation: str = "auto", block_q: int = 512, block_kv: int = 512
+):
   """Full (unmasked) attention `softmax(scale * q k^T) v`.
 
   Args:
@@ -132,27 +132,23 @@ def dot_product_attention(q, k, v, *, scale: float,
   """
   _check_shapes(q, k, v)
   impl = resolve_implementation(implementation)
-  if (implementation == "auto" and impl == "cudnn"
-      and q.dtype not in (jnp.float16, jnp.bfloat16)):
+  if implementation == "auto" and impl == "cudnn" and q.dtype not in (jnp.float16, jnp.bfloat16):
     impl = "xla"
   scale = float(scale)
   if impl == "xla":
-    out = jax.nn.dot_product_attention(q, k, v, scale=scale,
-                                       implementation="xla")
+    out = jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="xla")
   elif impl == "blockwise":
-    out = blockwise_attention(q, k, v, scale=scale, block_q=block_q,
-                              block_kv=block_kv)
+    out = blockwise_attention(q, k, v, scale=scale, block_q=block_q, block_kv=block_kv)
   elif impl == "cudnn":
     backend = jax.default_backend()
     if not _is_gpu(backend):
       raise ValueError(
-          f"attention implementation 'cudnn' needs a GPU, but the backend is "
-          f"{backend!r}; use 'auto', 'xla' or 'blockwise' instead.")
-    out = jax.nn.dot_product_attention(q, k, v, scale=scale,
-                                       implementation="cudnn")
+        f"attention implementation 'cudnn' needs a GPU, but the backend is "
+        f"{backend!r}; use 'auto', 'xla' or 'blockwise' instead."
+      )
+    out = jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="cudnn")
   else:
-    out = splash_attention(q, k, v, scale=scale, block_q=block_q,
-                           block_kv=block_kv)
+    out = splash_attention(q, k, v, scale=scale, block_q=block_q, block_kv=block_kv)
   return out.astype(q.dtype)
 
 
@@ -195,8 +191,7 @@ def _blocking(q, k, block_q, block_kv):
 
 def _tile_logits(q_blk, k_blk, kv_start, kv_len, scale):
   """Scaled float32 logits [B, H, bq, bkv] with padded keys masked."""
-  s = jnp.einsum("bqhd,bkhd->bhqk", q_blk, k_blk,
-                 preferred_element_type=jnp.float32) * scale
+  s = jnp.einsum("bqhd,bkhd->bhqk", q_blk, k_blk, preferred_element_type=jnp.float32) * scale
   kv_idx = kv_start + jnp.arange(k_blk.shape[1])
   return jnp.where(kv_idx < kv_len, s, _MASK_VALUE)
 
@@ -219,13 +214,19 @@ def _blockwise_fwd_impl(q, k, v, scale, block_q, block_kv):
       p = jnp.exp(s - m_new[..., None])
       corr = jnp.exp(m - m_new)
       l = l * corr + p.sum(-1)
-      pv = jnp.einsum("bhqk,bkhd->bhqd", p.astype(v.dtype),
-                      _block(v_p, j, bkv), preferred_element_type=jnp.float32)
+      pv = jnp.einsum(
+        "bhqk,bkhd->bhqd",
+        p.astype(v.dtype),
+        _block(v_p, j, bkv),
+        preferred_element_type=jnp.float32,
+      )
       return (m_new, l, acc * corr[..., None] + pv), None
 
-    init = (jnp.full((b, h, bq), -jnp.inf, jnp.float32),
-            jnp.zeros((b, h, bq), jnp.float32),
-            jnp.zeros((b, h, bq, dv), jnp.float32))
+    init = (
+      jnp.full((b, h, bq), -jnp.inf, jnp.float32),
+      jnp.zeros((b, h, bq), jnp.float32),
+      jnp.zeros((b, h, bq, dv), jnp.float32),
+    )
     (m, l, acc), _ = lax.scan(step, init, jnp.arange(n_kvb))
     out = (acc / l[..., None]).astype(q.dtype)
     return jnp.swapaxes(out, 1, 2), m + jnp.log(l)  # [B, bq, H, Dv], [B,H,bq]
@@ -241,8 +242,7 @@ def _blockwise_bwd_impl(scale, block_q, block_kv, res, d_out):
   nq, nk = q.shape[1], k.shape[1]
   bq, bkv, nq_pad, nk_pad, n_qb, n_kvb = _blocking(q, k, block_q, block_kv)
   # delta_i = sum_d dO_id * O_id, the row term of the softmax Jacobian.
-  delta = jnp.einsum("bqhd,bqhd->bhq", d_out.astype(jnp.float32),
-                     out.astype(jnp.float32))
+  delta = jnp.einsum("bqhd,bqhd->bhq", d_out.astype(jnp.float32), out.astype(jnp.float32))
   lse_p, delta_p = (_pad_tokens(x, nq_pad, axis=2) for x in (lse, delta))
   q_p, do_p = _pad_tokens(q, nq_pad), _pad_tokens(d_out, nq_pad)
   k_p, v_p = _pad_tokens(k, nk_pad), _pad_tokens(v, nk_pad)
@@ -253,16 +253,16 @@ def _blockwise_bwd_impl(scale, block_q, block_kv, res, d_out):
     k_blk, v_blk = _block(k_p, j, bkv), _block(v_p, j, bkv)
     s = _tile_logits(q_blk, k_blk, j * bkv, nk, scale)
     p = jnp.exp(s - _block(lse_p, i, bq, axis=2)[..., None])
-    dp = jnp.einsum("bqhd,bkhd->bhqk", do_blk, v_blk,
-                    preferred_element_type=jnp.float32)
+    dp = jnp.einsum("bqhd,bkhd->bhqk", do_blk, v_blk, preferred_element_type=jnp.float32)
     ds = p * (dp - _block(delta_p, i, bq, axis=2)[..., None]) * scale
     return q_blk, do_blk, k_blk, p, ds
 
   def dq_for_q_block(i):
     def step(dq, j):
       _, _, k_blk, _, ds = tile(i, j)
-      return dq + jnp.einsum("bhqk,bkhd->bqhd", ds.astype(k.dtype), k_blk,
-                             preferred_element_type=jnp.float32), None
+      return dq + jnp.einsum(
+        "bhqk,bkhd->bqhd", ds.astype(k.dtype), k_blk, preferred_element_type=jnp.float32
+      ), None
 
     init = jnp.zeros((q.shape[0], bq, *q.shape[2:]), jnp.float32)
     dq, _ = lax.scan(step, init, jnp.arange(n_kvb))
@@ -272,14 +272,18 @@ def _blockwise_bwd_impl(scale, block_q, block_kv, res, d_out):
     def step(carry, i):
       dk, dv = carry
       q_blk, do_blk, _, p, ds = tile(i, j)
-      dv = dv + jnp.einsum("bhqk,bqhd->bkhd", p.astype(d_out.dtype), do_blk,
-                           preferred_element_type=jnp.float32)
-      dk = dk + jnp.einsum("bhqk,bqhd->bkhd", ds.astype(q.dtype), q_blk,
-                           preferred_element_type=jnp.float32)
+      dv = dv + jnp.einsum(
+        "bhqk,bqhd->bkhd", p.astype(d_out.dtype), do_blk, preferred_element_type=jnp.float32
+      )
+      dk = dk + jnp.einsum(
+        "bhqk,bqhd->bkhd", ds.astype(q.dtype), q_blk, preferred_element_type=jnp.float32
+      )
       return (dk, dv), None
 
-    init = (jnp.zeros((k.shape[0], bkv, *k.shape[2:]), jnp.float32),
-            jnp.zeros((v.shape[0], bkv, *v.shape[2:]), jnp.float32))
+    init = (
+      jnp.zeros((k.shape[0], bkv, *k.shape[2:]), jnp.float32),
+      jnp.zeros((v.shape[0], bkv, *v.shape[2:]), jnp.float32),
+    )
     (dk, dv), _ = lax.scan(step, init, jnp.arange(n_qb))
     return dk.astype(k.dtype), dv.astype(v.dtype)
 
@@ -301,8 +305,7 @@ def _blockwise_fwd(q, k, v, scale, block_q, block_kv):
 _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd_impl)
 
 
-def blockwise_attention(q, k, v, *, scale: float, block_q: int = 512,
-                        block_kv: int = 512):
+def blockwise_attention(q, k, v, *, scale: float, block_q: int = 512, block_kv: int = 512):
   """Memory-efficient attention with an online softmax (see module doc).
 
   Token counts need not be multiples of the blocks: tokens are padded up and
@@ -310,8 +313,9 @@ def blockwise_attention(q, k, v, *, scale: float, block_q: int = 512,
   """
   _check_shapes(q, k, v)
   if block_q < 1 or block_kv < 1:
-    raise ValueError(f"attention: block sizes must be >= 1, got "
-                     f"block_q={block_q}, block_kv={block_kv}.")
+    raise ValueError(
+      f"attention: block sizes must be >= 1, got block_q={block_q}, block_kv={block_kv}."
+    )
   return _blockwise(q, k, v, float(scale), int(block_q), int(block_kv))
 
 
@@ -321,21 +325,27 @@ def blockwise_attention(q, k, v, *, scale: float, block_q: int = 512,
 
 
 @functools.lru_cache(maxsize=32)
-def _splash_kernel(heads: int, tokens: int, bq: int, bkv: int,
-                   interpret: bool):
+def _splash_kernel(heads: int, tokens: int, bq: int, bkv: int, interpret: bool):
   """Builds (and caches) a full-mask splash kernel for [heads, tokens, D]."""
   # Imported lazily: the Pallas TPU modules are only needed for "splash".
   # pylint: disable-next=g-import-not-at-top
-  from jax.experimental.pallas.ops.tpu.splash_attention import (
-      splash_attention_kernel as splash, splash_attention_mask as mask_lib)
-  mask = mask_lib.MultiHeadMask(
-      [mask_lib.FullMask((tokens, tokens)) for _ in range(heads)])
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
+
+  mask = mask_lib.MultiHeadMask([mask_lib.FullMask((tokens, tokens)) for _ in range(heads)])
   blocks = splash.BlockSizes(
-      block_q=bq, block_kv=bkv, block_kv_compute=bkv,
-      block_q_dkv=bq, block_kv_dkv=bkv, block_kv_dkv_compute=bkv,
-      block_q_dq=bq, block_kv_dq=bkv)
-  kernel = splash.make_splash_mha(mask, block_sizes=blocks, head_shards=1,
-                                  q_seq_shards=1, interpret=interpret)
+    block_q=bq,
+    block_kv=bkv,
+    block_kv_compute=bkv,
+    block_q_dkv=bq,
+    block_kv_dkv=bkv,
+    block_kv_dkv_compute=bkv,
+    block_q_dq=bq,
+    block_kv_dq=bkv,
+  )
+  kernel = splash.make_splash_mha(
+    mask, block_sizes=blocks, head_shards=1, q_seq_shards=1, interpret=interpret
+  )
   return kernel, splash.SegmentIds
 
 
@@ -345,8 +355,9 @@ def _splash_block(block: int, tokens: int) -> int:
   return min(block, _round_up(tokens, _SPLASH_LANES))
 
 
-def splash_attention(q, k, v, *, scale: float, block_q: int = 512,
-                     block_kv: int = 512, interpret: bool | None = None):
+def splash_attention(
+  q, k, v, *, scale: float, block_q: int = 512, block_kv: int = 512, interpret: bool | None = None
+):
   """Pallas splash attention on [B, N, H, D] arrays (self-attention shapes).
 
   Tiles are rounded to multiples of 128; tokens are padded to a multiple of
@@ -357,8 +368,8 @@ def splash_attention(q, k, v, *, scale: float, block_q: int = 512,
   _check_shapes(q, k, v)
   if q.shape[1] != k.shape[1]:
     raise ValueError(
-        f"attention: 'splash' needs as many query as key tokens, got q "
-        f"{q.shape}, k {k.shape}.")
+      f"attention: 'splash' needs as many query as key tokens, got q {q.shape}, k {k.shape}."
+    )
   if interpret is None:
     interpret = jax.default_backend() != "tpu"
   _, n, h, _ = q.shape
@@ -371,8 +382,10 @@ def splash_attention(q, k, v, *, scale: float, block_q: int = 512,
   to_hnd = lambda x: jnp.transpose(_pad_tokens(x, n_pad), (0, 2, 1, 3))
   ids = None
   if n_pad != n:
-    ids = segment_ids_cls(q=jnp.zeros((n_pad,), jnp.int32),
-                          kv=(jnp.arange(n_pad) >= n).astype(jnp.int32))
+    ids = segment_ids_cls(
+      q=jnp.zeros((n_pad,), jnp.int32), kv=(jnp.arange(n_pad) >= n).astype(jnp.int32)
+    )
   out = jax.vmap(lambda q1, k1, v1: kernel(q1, k1, v1, segment_ids=ids))(
-      to_hnd(q), to_hnd(k), to_hnd(v))
+    to_hnd(q), to_hnd(k), to_hnd(v)
+  )
   return jnp.transpose(out, (0, 2, 1, 3))[:, :n]

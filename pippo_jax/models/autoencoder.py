@@ -17,6 +17,7 @@ Weights: `load_vae` reads a local diffusers folder (`config.json` + `diffusion_p
 or the original latent-diffusion layout (`encoder.down.0.block.0...`, 1x1-conv attention weights).
 Nothing is ever downloaded. `to_diffusers_state_dict` is the inverse mapping.
 """
+
 import dataclasses
 import json
 import os
@@ -37,9 +38,11 @@ DTYPES = ("float32", "bfloat16")
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 WEIGHTS_FILE_FP16 = "diffusion_pytorch_model.fp16.safetensors"
-WHERE = ("put config.json and diffusion_pytorch_model.safetensors of the SDXL VAE "
-         "(stabilityai/sdxl-vae or madebyollin/sdxl-vae-fp16-fix on the Hugging Face Hub) in "
-         "{dir}, or give the path of a single .safetensors file of it; nothing is downloaded")
+WHERE = (
+  "put config.json and diffusion_pytorch_model.safetensors of the SDXL VAE "
+  "(stabilityai/sdxl-vae or madebyollin/sdxl-vae-fp16-fix on the Hugging Face Hub) in "
+  "{dir}, or give the path of a single .safetensors file of it; nothing is downloaded"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +62,7 @@ class VAEConfig:
     attention_impl: `pippo_jax.models.attention` implementation for the middle blocks; "blockwise"
       keeps the [tokens, tokens] scores out of memory (16384 tokens per 1024^2 image).
   """
+
   in_channels: int = 3
   out_channels: int = 3
   latent_channels: int = 4
@@ -75,8 +79,10 @@ class VAEConfig:
     if self.dtype not in DTYPES:
       raise ValueError(f"VAEConfig.dtype={self.dtype!r}: use one of {DTYPES}")
     if any(c % self.norm_num_groups for c in self.block_out_channels):
-      raise ValueError(f"VAEConfig.block_out_channels={self.block_out_channels} are not all "
-                       f"divisible by norm_num_groups={self.norm_num_groups}")
+      raise ValueError(
+        f"VAEConfig.block_out_channels={self.block_out_channels} are not all "
+        f"divisible by norm_num_groups={self.norm_num_groups}"
+      )
 
   @property
   def downsample(self) -> int:
@@ -91,6 +97,7 @@ class VAEConfig:
 
 class GroupNorm(nn.Module):
   """GroupNorm over channels-last maps with float32 statistics; groups are contiguous channels."""
+
   groups: int
   eps: float = 1e-6
 
@@ -109,6 +116,7 @@ class GroupNorm(nn.Module):
 
 class Conv(nn.Module):
   """k x k conv, kernel [k, k, in, out]; `padding` per spatial side, default k // 2 all round."""
+
   features: int
   kernel_size: int = 3
   stride: int = 1
@@ -118,31 +126,40 @@ class Conv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     k = self.kernel_size
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (k, k, x.shape[-1], self.features), jnp.float32)
+    kernel = self.param(
+      "kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features), jnp.float32
+    )
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
     padding = self.padding or ((k // 2, k // 2),) * 2
     y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), kernel.astype(self.dtype), (self.stride, self.stride), padding,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=jnp.float32)
+      x.astype(self.dtype),
+      kernel.astype(self.dtype),
+      (self.stride, self.stride),
+      padding,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      preferred_element_type=jnp.float32,
+    )
     return y + bias
 
 
 class Dense(nn.Module):
   """x @ kernel[in, out] + bias with `dtype` inputs and float32 accumulation."""
+
   features: int
   dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features),
-                        jnp.float32)
+    kernel = self.param(
+      "kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features), jnp.float32
+    )
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
     return layers.matmul(x, kernel, self.dtype) + bias
 
 
 class Resnet(nn.Module):
   """x + conv(silu(norm(conv(silu(norm(x)))))), with a 1x1 conv on x when the channels change."""
+
   features: int
   cfg: VAEConfig
 
@@ -158,6 +175,7 @@ class Resnet(nn.Module):
 
 class Attention(nn.Module):
   """x + single-head self-attention over all positions of each image."""
+
   cfg: VAEConfig
 
   @nn.compact
@@ -166,8 +184,9 @@ class Attention(nn.Module):
     dt = self.cfg.dtype
     t = GroupNorm(self.cfg.norm_num_groups, name="group_norm")(x).reshape(n, h * w, 1, c)
     q, k, v = (Dense(c, dt, name=name)(t).astype(dt) for name in ("to_q", "to_k", "to_v"))
-    o = attention.dot_product_attention(q, k, v, scale=c ** -0.5,
-                                        implementation=self.cfg.attention_impl)
+    o = attention.dot_product_attention(
+      q, k, v, scale=c**-0.5, implementation=self.cfg.attention_impl
+    )
     return x + Dense(c, dt, name="to_out_0")(o).reshape(n, h, w, c)
 
 
@@ -184,6 +203,7 @@ class MidBlock(nn.Module):
 
 class Downsample(nn.Module):
   """Stride-2 3x3 conv after padding one zero row and column at the bottom and right."""
+
   cfg: VAEConfig
 
   @nn.compact
@@ -193,6 +213,7 @@ class Downsample(nn.Module):
 
 class Upsample(nn.Module):
   """Nearest-neighbour x2, then a 3x3 conv."""
+
   cfg: VAEConfig
 
   @nn.compact
@@ -203,6 +224,7 @@ class Upsample(nn.Module):
 
 class DownBlock(nn.Module):
   """`layers_per_block` resnets, then (but in the last block) a stride-2 conv."""
+
   features: int
   downsample: bool
   cfg: VAEConfig
@@ -216,6 +238,7 @@ class DownBlock(nn.Module):
 
 class UpBlock(nn.Module):
   """`layers_per_block + 1` resnets, then (but in the last block) a x2 upsampling."""
+
   features: int
   upsample: bool
   cfg: VAEConfig
@@ -257,6 +280,7 @@ class Decoder(nn.Module):
 
 class AutoencoderKL(nn.Module):
   """`encode`: images -> posterior moments [mean | logvar]; `decode`: latents -> images."""
+
   cfg: VAEConfig
 
   def setup(self):
@@ -273,12 +297,13 @@ class AutoencoderKL(nn.Module):
     return self.decoder(self.post_quant_conv(z))
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self.decode(self.encode(x)[..., :self.cfg.latent_channels])
+    return self.decode(self.encode(x)[..., : self.cfg.latent_channels])
 
 
 @flax.struct.dataclass
 class DiagonalGaussian:
   """The encoder's posterior: independent normals per latent element."""
+
   mean: jax.Array
   logvar: jax.Array  # clipped to [-30, 20]
 
@@ -338,22 +363,22 @@ def abstract_params(cfg: VAEConfig):
 
 # Latent-diffusion layout -> diffusers layout (the decoder's `up.{i}` are reversed separately).
 _LDM_RENAMES = (
-    (r"^(encoder|decoder)\.norm_out\.", r"\1.conv_norm_out."),
-    (r"^(encoder|decoder)\.mid\.block_1\.", r"\1.mid_block.resnets.0."),
-    (r"^(encoder|decoder)\.mid\.block_2\.", r"\1.mid_block.resnets.1."),
-    (r"^(encoder|decoder)\.mid\.attn_1\.norm\.", r"\1.mid_block.attentions.0.group_norm."),
-    (r"^(encoder|decoder)\.mid\.attn_1\.([qkv])\.", r"\1.mid_block.attentions.0.to_\2."),
-    (r"^(encoder|decoder)\.mid\.attn_1\.proj_out\.", r"\1.mid_block.attentions.0.to_out.0."),
-    (r"^encoder\.down\.(\d+)\.block\.(\d+)\.", r"encoder.down_blocks.\1.resnets.\2."),
-    (r"^encoder\.down\.(\d+)\.downsample\.", r"encoder.down_blocks.\1.downsamplers.0."),
-    (r"\.nin_shortcut\.", ".conv_shortcut."),
+  (r"^(encoder|decoder)\.norm_out\.", r"\1.conv_norm_out."),
+  (r"^(encoder|decoder)\.mid\.block_1\.", r"\1.mid_block.resnets.0."),
+  (r"^(encoder|decoder)\.mid\.block_2\.", r"\1.mid_block.resnets.1."),
+  (r"^(encoder|decoder)\.mid\.attn_1\.norm\.", r"\1.mid_block.attentions.0.group_norm."),
+  (r"^(encoder|decoder)\.mid\.attn_1\.([qkv])\.", r"\1.mid_block.attentions.0.to_\2."),
+  (r"^(encoder|decoder)\.mid\.attn_1\.proj_out\.", r"\1.mid_block.attentions.0.to_out.0."),
+  (r"^encoder\.down\.(\d+)\.block\.(\d+)\.", r"encoder.down_blocks.\1.resnets.\2."),
+  (r"^encoder\.down\.(\d+)\.downsample\.", r"encoder.down_blocks.\1.downsamplers.0."),
+  (r"\.nin_shortcut\.", ".conv_shortcut."),
 )
 # Diffusers' legacy attention names -> current ones.
 _LEGACY_RENAMES = (
-    (r"\.attentions\.(\d+)\.query\.", r".attentions.\1.to_q."),
-    (r"\.attentions\.(\d+)\.key\.", r".attentions.\1.to_k."),
-    (r"\.attentions\.(\d+)\.value\.", r".attentions.\1.to_v."),
-    (r"\.attentions\.(\d+)\.proj_attn\.", r".attentions.\1.to_out.0."),
+  (r"\.attentions\.(\d+)\.query\.", r".attentions.\1.to_q."),
+  (r"\.attentions\.(\d+)\.key\.", r".attentions.\1.to_k."),
+  (r"\.attentions\.(\d+)\.value\.", r".attentions.\1.to_v."),
+  (r"\.attentions\.(\d+)\.proj_attn\.", r".attentions.\1.to_out.0."),
 )
 _LDM_KEY = re.compile(r"^(encoder|decoder)\.(down|mid|up)\.")
 _LDM_UP = re.compile(r"^decoder\.up\.(\d+)\.(block|upsample)\.")
@@ -415,8 +440,9 @@ def _listing(what: str, items: list[str]) -> str:
   return f"{len(items)} {what}: {shown}"
 
 
-def from_diffusers_state_dict(state: dict[str, Any], cfg: VAEConfig,
-                              source: str = "the state dict"):
+def from_diffusers_state_dict(
+  state: dict[str, Any], cfg: VAEConfig, source: str = "the state dict"
+):
   """Diffusers (or latent-diffusion) tensors -> Flax variables {"params": ...} of `cfg`'s VAE.
 
   Raises:
@@ -430,17 +456,24 @@ def from_diffusers_state_dict(state: dict[str, Any], cfg: VAEConfig,
     if key in state:
       value = _to_flax(state[key], expected[path].shape)
       if value is None:
-        wrong.append(f"{key} {list(np.shape(state[key]))} (expected "
-                     f"{list(_torch_shape(expected[path].shape))})")
+        wrong.append(
+          f"{key} {list(np.shape(state[key]))} (expected "
+          f"{list(_torch_shape(expected[path].shape))})"
+        )
       flat[path] = value
   missing = sorted(set(keys) - set(state))
   unexpected = sorted(set(state) - set(keys))
   if missing or unexpected or wrong:
-    problems = [_listing(what, items) for what, items in (
-        ("missing keys", missing), ("unexpected keys", unexpected),
-        ("keys of the wrong shape", wrong)) if items]
-    raise ValueError(f"{source} does not fit the VAE with {_describe(cfg)}: "
-                     + "; ".join(problems))
+    problems = [
+      _listing(what, items)
+      for what, items in (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("keys of the wrong shape", wrong),
+      )
+      if items
+    ]
+    raise ValueError(f"{source} does not fit the VAE with {_describe(cfg)}: " + "; ".join(problems))
   return {"params": traverse_util.unflatten_dict(flat)}
 
 
@@ -458,29 +491,38 @@ def to_diffusers_state_dict(params) -> dict[str, np.ndarray]:
 
 
 def _describe(cfg: VAEConfig) -> str:
-  return (f"block_out_channels={cfg.block_out_channels}, layers_per_block={cfg.layers_per_block}, "
-          f"latent_channels={cfg.latent_channels}, in/out channels {cfg.in_channels}/"
-          f"{cfg.out_channels}")
+  return (
+    f"block_out_channels={cfg.block_out_channels}, layers_per_block={cfg.layers_per_block}, "
+    f"latent_channels={cfg.latent_channels}, in/out channels {cfg.in_channels}/"
+    f"{cfg.out_channels}"
+  )
 
 
 def config_from_diffusers(d: dict[str, Any], source: str = "config.json") -> VAEConfig:
   """A diffusers `AutoencoderKL` config dict -> VAEConfig; other architectures are refused."""
   blocks = len(d.get("block_out_channels", ()))
   unsupported = {
-      "down_block_types": ["DownEncoderBlock2D"] * blocks,
-      "up_block_types": ["UpDecoderBlock2D"] * blocks, "act_fn": "silu", "use_quant_conv": True,
-      "use_post_quant_conv": True, "mid_block_add_attention": True}
+    "down_block_types": ["DownEncoderBlock2D"] * blocks,
+    "up_block_types": ["UpDecoderBlock2D"] * blocks,
+    "act_fn": "silu",
+    "use_quant_conv": True,
+    "use_post_quant_conv": True,
+    "mid_block_add_attention": True,
+  }
   for key, want in unsupported.items():
     if key in d and (list(d[key]) if isinstance(want, list) else d[key]) != want:
       raise ValueError(f"{source}: {key}={d[key]!r} is not supported (the SDXL VAE has {want!r})")
   try:
     return VAEConfig(
-        in_channels=d.get("in_channels", 3), out_channels=d.get("out_channels", 3),
-        latent_channels=d.get("latent_channels", 4), block_out_channels=d["block_out_channels"],
-        layers_per_block=d.get("layers_per_block", 2),
-        norm_num_groups=d.get("norm_num_groups", 32),
-        scaling_factor=d.get("scaling_factor", 0.13025),
-        shift_factor=d.get("shift_factor") or 0.0)
+      in_channels=d.get("in_channels", 3),
+      out_channels=d.get("out_channels", 3),
+      latent_channels=d.get("latent_channels", 4),
+      block_out_channels=d["block_out_channels"],
+      layers_per_block=d.get("layers_per_block", 2),
+      norm_num_groups=d.get("norm_num_groups", 32),
+      scaling_factor=d.get("scaling_factor", 0.13025),
+      shift_factor=d.get("shift_factor") or 0.0,
+    )
   except KeyError as e:
     raise ValueError(f"{source} has no {e.args[0]!r}: is it an AutoencoderKL config?") from None
 
@@ -495,18 +537,22 @@ def infer_config(state: dict[str, Any], source: str = "the state dict") -> VAECo
       chans.append(shape(f"encoder.down_blocks.{len(chans)}.resnets.0.conv1.weight")[0])
     while f"encoder.down_blocks.0.resnets.{layers_per_block}.conv1.weight" in state:
       layers_per_block += 1
-    return VAEConfig(in_channels=shape("encoder.conv_in.weight")[1],
-                     out_channels=shape("decoder.conv_out.weight")[0],
-                     latent_channels=shape("post_quant_conv.weight")[0],
-                     block_out_channels=tuple(chans) or VAEConfig.block_out_channels,
-                     layers_per_block=layers_per_block or VAEConfig.layers_per_block)
+    return VAEConfig(
+      in_channels=shape("encoder.conv_in.weight")[1],
+      out_channels=shape("decoder.conv_out.weight")[0],
+      latent_channels=shape("post_quant_conv.weight")[0],
+      block_out_channels=tuple(chans) or VAEConfig.block_out_channels,
+      layers_per_block=layers_per_block or VAEConfig.layers_per_block,
+    )
   except KeyError as e:
-    raise ValueError(f"{source} has no {e.args[0]!r}: is it an SDXL VAE (AutoencoderKL) "
-                     "file?") from None
+    raise ValueError(
+      f"{source} has no {e.args[0]!r}: is it an SDXL VAE (AutoencoderKL) file?"
+    ) from None
 
 
-def load_vae(path: str, config: VAEConfig | None = None,
-             dtype: str | None = None) -> tuple[VAEConfig, Any]:
+def load_vae(
+  path: str, config: VAEConfig | None = None, dtype: str | None = None
+) -> tuple[VAEConfig, Any]:
   """Reads the VAE's config and weights; never downloads anything.
 
   Args:
@@ -525,10 +571,22 @@ def load_vae(path: str, config: VAEConfig | None = None,
   """
   path = os.path.abspath(os.path.expanduser(path))
   if os.path.isdir(path):
-    weights = next((os.path.join(path, f) for f in (WEIGHTS_FILE, WEIGHTS_FILE_FP16)
-                    if os.path.isfile(os.path.join(path, f))), None)
-    absent = [f for f, there in ((CONFIG_FILE, os.path.isfile(os.path.join(path, CONFIG_FILE))),
-                                 (WEIGHTS_FILE, weights)) if not there]
+    weights = next(
+      (
+        os.path.join(path, f)
+        for f in (WEIGHTS_FILE, WEIGHTS_FILE_FP16)
+        if os.path.isfile(os.path.join(path, f))
+      ),
+      None,
+    )
+    absent = [
+      f
+      for f, there in (
+        (CONFIG_FILE, os.path.isfile(os.path.join(path, CONFIG_FILE))),
+        (WEIGHTS_FILE, weights),
+      )
+      if not there
+    ]
     if absent:
       raise FileNotFoundError(f"no {' or '.join(absent)} in {path}: {WHERE.format(dir=path)}")
     if config is None:
@@ -537,13 +595,16 @@ def load_vae(path: str, config: VAEConfig | None = None,
     state = load_file(weights)
   elif os.path.isfile(path):
     if not path.endswith(".safetensors"):
-      raise ValueError(f"{path} is not a .safetensors file: give a diffusers folder or a "
-                       ".safetensors file of the SDXL VAE")
+      raise ValueError(
+        f"{path} is not a .safetensors file: give a diffusers folder or a "
+        ".safetensors file of the SDXL VAE"
+      )
     weights, state = path, canonical_names(load_file(path))
     config = config or infer_config(state, path)
   else:
-    raise FileNotFoundError(f"no SDXL VAE weights at {path}: "
-                            + WHERE.format(dir=f"a folder such as {path}"))
+    raise FileNotFoundError(
+      f"no SDXL VAE weights at {path}: " + WHERE.format(dir=f"a folder such as {path}")
+    )
   if dtype is not None:
     config = dataclasses.replace(config, dtype=dtype)
   params = from_diffusers_state_dict(state, config, weights)

@@ -11,6 +11,7 @@ Both map uint8 images [..., H, W, 3] to latents [..., H/f, W/f, C] and back to f
 argument and the VAE's parameters are inputs of the computation, not constants folded into it;
 everything else about a codec is static.
 """
+
 from typing import Any
 
 import flax.struct
@@ -38,7 +39,7 @@ class SpaceToDepthCodec:
 
   @property
   def latent_channels(self) -> int:
-    return 3 * self.downsample ** 2
+    return 3 * self.downsample**2
 
   def encode(self, images: jax.Array, key: jax.Array | None = None) -> jax.Array:
     del key  # deterministic
@@ -57,6 +58,7 @@ class SDXLVAECodec:
   `encode` takes a posterior sample when given a key and `sample_posterior` is set, else its mode.
   `chunk` images go through the VAE at a time (None: all at once).
   """
+
   params: Any
   config: autoencoder.VAEConfig = flax.struct.field(pytree_node=False)
   scale_factor: float = flax.struct.field(pytree_node=False, default=0.13025)
@@ -74,8 +76,9 @@ class SDXLVAECodec:
 
   def encode(self, images: jax.Array, key: jax.Array | None = None) -> jax.Array:
     lead, x = images.shape[:-3], to_unit(images)
-    posterior = autoencoder.encode(self.config, self.params, x.reshape(-1, *x.shape[-3:]),
-                                   self.chunk)
+    posterior = autoencoder.encode(
+      self.config, self.params, x.reshape(-1, *x.shape[-3:]), self.chunk
+    )
     z = posterior.sample(key) if key is not None and self.sample_posterior else posterior.mode()
     z = (z - self.shift_factor) * self.scale_factor
     return z.reshape(*lead, *z.shape[1:])
@@ -91,10 +94,11 @@ def _load_sdxl_vae(codec_cfg) -> SDXLVAECodec:
   path = codec_cfg.get("weights_path", "")
   if not path:
     raise ConfigError(
-        "codec.kind='sdxl_vae' needs the SDXL VAE's weights: set --config.codec.weights_path to a "
-        "folder with config.json and diffusion_pytorch_model.safetensors (stabilityai/sdxl-vae or "
-        "madebyollin/sdxl-vae-fp16-fix on the Hugging Face Hub) or to a single .safetensors file "
-        "of it; or train with codec.kind='space_to_depth' (e.g. the smoke size)")
+      "codec.kind='sdxl_vae' needs the SDXL VAE's weights: set --config.codec.weights_path to a "
+      "folder with config.json and diffusion_pytorch_model.safetensors (stabilityai/sdxl-vae or "
+      "madebyollin/sdxl-vae-fp16-fix on the Hugging Face Hub) or to a single .safetensors file "
+      "of it; or train with codec.kind='space_to_depth' (e.g. the smoke size)"
+    )
   dtype = codec_cfg.get("dtype", "float32")
   if dtype not in autoencoder.DTYPES:
     raise ConfigError(f"codec.dtype={dtype!r}: use one of {autoencoder.DTYPES}")
@@ -102,15 +106,19 @@ def _load_sdxl_vae(codec_cfg) -> SDXLVAECodec:
     vae_cfg, params = autoencoder.load_vae(path, dtype=dtype)
   except ValueError as e:
     raise ConfigError(f"codec.weights_path={path!r}: {e}") from e
-  codec = SDXLVAECodec(params, vae_cfg,
-                       scale_factor=codec_cfg.get("scale_factor", vae_cfg.scaling_factor),
-                       shift_factor=codec_cfg.get("shift_factor", vae_cfg.shift_factor),
-                       sample_posterior=codec_cfg.get("sample_posterior", True),
-                       chunk=codec_cfg.get("chunk", None))
+  codec = SDXLVAECodec(
+    params,
+    vae_cfg,
+    scale_factor=codec_cfg.get("scale_factor", vae_cfg.scaling_factor),
+    shift_factor=codec_cfg.get("shift_factor", vae_cfg.shift_factor),
+    sample_posterior=codec_cfg.get("sample_posterior", True),
+    chunk=codec_cfg.get("chunk", None),
+  )
   for key in ("latent_channels", "downsample"):
     if key in codec_cfg and codec_cfg[key] != getattr(codec, key):
-      raise ConfigError(f"codec.{key}={codec_cfg[key]} but the VAE at {path} has "
-                        f"{getattr(codec, key)}")
+      raise ConfigError(
+        f"codec.{key}={codec_cfg[key]} but the VAE at {path} has {getattr(codec, key)}"
+      )
   return codec
 
 
@@ -119,8 +127,10 @@ def make_codec(codec_cfg):
   if codec_cfg.kind == "space_to_depth":
     codec = SpaceToDepthCodec(codec_cfg.downsample, codec_cfg.scale_factor, codec_cfg.shift_factor)
     if codec.latent_channels != codec_cfg.latent_channels:
-      raise ConfigError(f"codec.latent_channels={codec_cfg.latent_channels} but a space-to-depth "
-                        f"codec with downsample {codec.downsample} makes {codec.latent_channels}")
+      raise ConfigError(
+        f"codec.latent_channels={codec_cfg.latent_channels} but a space-to-depth "
+        f"codec with downsample {codec.downsample} makes {codec.latent_channels}"
+      )
     return codec
   if codec_cfg.kind == "sdxl_vae":
     return _load_sdxl_vae(codec_cfg)

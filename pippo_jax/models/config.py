@@ -1,4 +1,5 @@
-"""The model's hyper-parameters as a frozen dataclass, built from the `model` section of a stage config."""
+"""The model's hyper-parameters: a frozen dataclass built from a stage config's `model` section."""
+
 import dataclasses
 from typing import Any
 
@@ -8,21 +9,22 @@ import jax.numpy as jnp
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Every architectural value of the Pippo denoiser (defaults: the release's full model)."""
+
   width: int = 1536
   depth: int = 28
   num_heads: int = 24
   mlp_ratio: float = 4.0
   patch_size: int = 2
   latent_channels: int = 4
-  latent_size: int = 16           # latent side (image side / codec downsampling)
-  image_size: int = 128           # pixel side (Plücker maps live at this resolution)
-  num_views: int = 4              # target views per sample (the reference is one more)
+  latent_size: int = 16  # latent side (image side / codec downsampling)
+  image_size: int = 128  # pixel side (Plücker maps live at this resolution)
+  num_views: int = 4  # target views per sample (the reference is one more)
   # Timestep embedding.
   freq_dim: int = 256
   max_period: float = 1e4
   # Normalisation epsilons.
-  block_norm_eps: float = 1e-5    # in_norm and QK-norm
-  patch_norm_eps: float = 1e-6    # patchify / unpatchify LayerNorm (no affine)
+  block_norm_eps: float = 1e-5  # in_norm and QK-norm
+  patch_norm_eps: float = 1e-6  # patchify / unpatchify LayerNorm (no affine)
   # Camera MLP (M2, P3).
   use_cam_mlp: bool = True
   cam_pose_dim: int = 16
@@ -40,10 +42,10 @@ class ModelConfig:
   attention_impl: str = "auto"
   attention_block_q: int = 512
   attention_block_kv: int = 512
-  attention_gamma: float = 1.4    # attention biasing strength when sampling more views than trained
+  attention_gamma: float = 1.4  # attention biasing strength when sampling more views than trained
   attention_train_views: int = 24  # total views per sequence seen in training (biasing reference)
   # Compute.
-  dtype: str = "float32"          # matmul input dtype; params, norms and softmax stay float32
+  dtype: str = "float32"  # matmul input dtype; params, norms and softmax stay float32
   scan_blocks: bool = True
   remat_policy: str = "nothing_saveable"  # a jax.checkpoint_policies name, or "none"
 

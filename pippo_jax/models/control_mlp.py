@@ -10,6 +10,7 @@ The per-block weights are created here as arrays stacked over blocks and applied
 block scan (`dit.apply_control_block`), so the depth x tokens x width control tensors never exist
 all at once.
 """
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -45,6 +46,7 @@ class Siren(nn.Module):
   Weights U(+-sqrt(6 / fan_in)) and biases U(+-1 / sqrt(fan_in)), as the reference
   implementation's SIREN initialisation leaves them.
   """
+
   hidden: tuple[int, ...]
   out: int
   w0_first: float = 30.0
@@ -53,15 +55,22 @@ class Siren(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     init_w, init_b = layers.uniform_fan_in(6.0), layers.uniform_fan_in(1.0)
-    for i, (feat, w0) in enumerate(zip(self.hidden, [self.w0_first] + [self.w0] * len(self.hidden))):
+    for i, (feat, w0) in enumerate(
+      zip(self.hidden, [self.w0_first] + [self.w0] * len(self.hidden))
+    ):
       x = layers.Dense(feat, (None, None), kernel_init=init_w, bias_init=init_b, name=f"fc{i}")(x)
       x = jnp.sin(w0 * x)
-    return layers.Dense(self.out, (None, None), kernel_init=init_w, bias_init=init_b,
-                        name=f"fc{len(self.hidden)}")(x)
+    return layers.Dense(
+      self.out, (None, None), kernel_init=init_w, bias_init=init_b, name=f"fc{len(self.hidden)}"
+    )(x)
 
 
 class ControlEncoder(nn.Module):
-  """[N, h, w, 40] -> tokens [N, (h/2)*(w/2), D]: conv3x3 - SiLU - conv3x3/2 - SiLU - conv1x1 - LN."""
+  """[N, h, w, 40] -> tokens [N, (h/2)*(w/2), D].
+
+  conv3x3 - SiLU - conv3x3/2 - SiLU - conv1x1 - LayerNorm.
+  """
+
   width: int
   norm_eps: float = 1e-6
   compute_dtype: jnp.dtype = jnp.float32
@@ -69,23 +78,37 @@ class ControlEncoder(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     cd = self.compute_dtype
-    x = nn.silu(layers.Conv(self.width, 3, kernel_axes=(None, None, None, "embed"),
-                            compute_dtype=cd, name="conv0")(x))
-    x = nn.silu(layers.Conv(2 * self.width, 3, stride=2, kernel_axes=(None, None, "embed", "mlp"),
-                            compute_dtype=cd, name="conv1")(x))
-    x = layers.Conv(self.width, 1, kernel_axes=(None, None, "mlp", "embed"), compute_dtype=cd,
-                    name="conv2")(x)
+    x = nn.silu(
+      layers.Conv(
+        self.width, 3, kernel_axes=(None, None, None, "embed"), compute_dtype=cd, name="conv0"
+      )(x)
+    )
+    x = nn.silu(
+      layers.Conv(
+        2 * self.width,
+        3,
+        stride=2,
+        kernel_axes=(None, None, "embed", "mlp"),
+        compute_dtype=cd,
+        name="conv1",
+      )(x)
+    )
+    x = layers.Conv(
+      self.width, 1, kernel_axes=(None, None, "mlp", "embed"), compute_dtype=cd, name="conv2"
+    )(x)
     x = layers.LayerNorm(self.norm_eps, name="norm")(x)
     return x.reshape(x.shape[0], -1, x.shape[-1])
 
 
 class ControlMLP(nn.Module):
   """Builds the control inputs and the stacked per-block weights for `dit.run_blocks`."""
+
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, anchor: jax.Array, plucker: jax.Array, x_t: jax.Array, t: jax.Array,
-               drop: jax.Array) -> tuple[dict, dict]:
+  def __call__(
+    self, anchor: jax.Array, plucker: jax.Array, x_t: jax.Array, t: jax.Array, drop: jax.Array
+  ) -> tuple[dict, dict]:
     """anchor, x_t: [B, V, h, w, C] latents; plucker [B, V, H, W, 6]; t [B]; drop bool [B].
 
     V counts every view, reference last. Returns (ctrl, block_params): ctrl = {"h": [B, V*N, D],
@@ -94,26 +117,39 @@ class ControlMLP(nn.Module):
     cfg = self.cfg
     b, v, h, w, _ = anchor.shape
     d = cfg.width
-    rays = Siren(cfg.siren_hidden, cfg.siren_out, cfg.siren_w0_first, cfg.siren_w0,
-                 name="siren")(plucker.reshape(b * v, *plucker.shape[2:]))
+    rays = Siren(cfg.siren_hidden, cfg.siren_out, cfg.siren_w0_first, cfg.siren_w0, name="siren")(
+      plucker.reshape(b * v, *plucker.shape[2:])
+    )
     rays = resize_bilinear_align_corners(rays, (h, w))
-    maps = jnp.concatenate([anchor.reshape(b * v, h, w, -1), rays, x_t.reshape(b * v, h, w, -1)], -1)
+    maps = jnp.concatenate(
+      [anchor.reshape(b * v, h, w, -1), rays, x_t.reshape(b * v, h, w, -1)], -1
+    )
     tokens = ControlEncoder(d, cfg.control_norm_eps, cfg.compute_dtype, name="encoder")(maps)
     tokens = tokens.reshape(b, -1, d)
-    temb = embeddings.TimestepEmbedder(d, cfg.freq_dim, cfg.max_period, cfg.compute_dtype,
-                                       name="t_embedder")(t)
-    zero_token = self.param("zero_token", nn.with_logical_partitioning(layers.zeros, ("embed",)),
-                            (d,), jnp.float32)
+    temb = embeddings.TimestepEmbedder(
+      d, cfg.freq_dim, cfg.max_period, cfg.compute_dtype, name="t_embedder"
+    )(t)
+    zero_token = self.param(
+      "zero_token", nn.with_logical_partitioning(layers.zeros, ("embed",)), (d,), jnp.float32
+    )
 
     def stacked(name, shape, axes):
-      return self.param(name, nn.with_logical_partitioning(layers.zeros, ("layers", *axes)),
-                        (cfg.depth, *shape), jnp.float32)
+      return self.param(
+        name,
+        nn.with_logical_partitioning(layers.zeros, ("layers", *axes)),
+        (cfg.depth, *shape),
+        jnp.float32,
+      )
 
     block_params = {
-        "adaln": {"kernel": stacked("adaln_kernel", (d, 2 * d), ("embed", "mlp")),
-                  "bias": stacked("adaln_bias", (2 * d,), ("mlp",))},
-        "linear": {"kernel": stacked("linear_kernel", (d, d), ("embed", "embed_out")),
-                   "bias": stacked("linear_bias", (d,), ("embed_out",))},
+      "adaln": {
+        "kernel": stacked("adaln_kernel", (d, 2 * d), ("embed", "mlp")),
+        "bias": stacked("adaln_bias", (2 * d,), ("mlp",)),
+      },
+      "linear": {
+        "kernel": stacked("linear_kernel", (d, d), ("embed", "embed_out")),
+        "bias": stacked("linear_bias", (d,), ("embed_out",)),
+      },
     }
     ctrl = {"h": tokens, "temb": temb, "drop": drop, "zero_token": zero_token}
     return ctrl, block_params

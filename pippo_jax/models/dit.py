@@ -15,6 +15,7 @@ embedding c [B, D]:
 Blocks run under `nn.scan` (stacked parameters, flat compile time in depth) wrapped in `nn.remat`
 with a named `jax.checkpoint_policies` policy, or unrolled for debugging.
 """
+
 from typing import Any
 
 import flax.linen as nn
@@ -30,7 +31,9 @@ def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
 
 
 def apply_control_block(ctrl: dict, params: dict, compute_dtype: Any) -> jax.Array:
-  """ControlMLP zero block: Linear_zero(modulate(h, shift, scale)), (shift, scale) = Linear(SiLU(t)).
+  """ControlMLP zero block: Linear_zero(modulate(h, shift, scale)).
+
+  (shift, scale) = Linear(SiLU(t)).
 
   ctrl: {"h": encoder tokens [B, L, D], "temb": ControlMLP time embedding [B, D],
          "drop": bool [B] (use the zero token instead), "zero_token": [D]}.
@@ -45,6 +48,7 @@ def apply_control_block(ctrl: dict, params: dict, compute_dtype: Any) -> jax.Arr
 
 class DiTBlock(nn.Module):
   """One Pippo DiT block (see the module docstring). Returns (x, None) to suit `nn.scan`."""
+
   cfg: ModelConfig
   attn_scale: float
 
@@ -55,8 +59,9 @@ class DiTBlock(nn.Module):
     b, length, d = x.shape
     x = layers.constrain(x, ("act_batch", "act_length", "act_embed"))
 
-    mod = layers.Dense(6 * d, ("embed", "mlp"), kernel_init=layers.zeros, compute_dtype=cd,
-                       name="adaln")(nn.silu(c))
+    mod = layers.Dense(
+      6 * d, ("embed", "mlp"), kernel_init=layers.zeros, compute_dtype=cd, name="adaln"
+    )(nn.silu(c))
     shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod[:, None, :], 6, axis=-1)
 
     y = layers.LayerNorm(cfg.block_norm_eps, name="in_norm")(x)
@@ -67,27 +72,42 @@ class DiTBlock(nn.Module):
     q = layers.LayerNorm(cfg.block_norm_eps, axis_name="head_dim", name="q_norm")(q.reshape(heads))
     k = layers.LayerNorm(cfg.block_norm_eps, axis_name="head_dim", name="k_norm")(k.reshape(heads))
     v = v.reshape(heads)
-    q, k, v = (layers.constrain(z, ("act_batch", "act_length", "act_heads", None)) for z in (q, k, v))
+    q, k, v = (
+      layers.constrain(z, ("act_batch", "act_length", "act_heads", None)) for z in (q, k, v)
+    )
     a = attention.dot_product_attention(
-        q.astype(cd), k.astype(cd), v.astype(cd), scale=self.attn_scale,
-        implementation=cfg.attention_impl, block_q=cfg.attention_block_q,
-        block_kv=cfg.attention_block_kv)
+      q.astype(cd),
+      k.astype(cd),
+      v.astype(cd),
+      scale=self.attn_scale,
+      implementation=cfg.attention_impl,
+      block_q=cfg.attention_block_q,
+      block_kv=cfg.attention_block_kv,
+    )
     a = layers.Dense(d, ("mlp", "embed"), compute_dtype=cd, name="attn_out")(
-        a.reshape(b, length, d).astype(jnp.float32))
+      a.reshape(b, length, d).astype(jnp.float32)
+    )
     a = gate_a * modulate(a, shift_a, scale_a)
 
     h = layers.constrain(h, ("act_batch", "act_length", "act_mlp"))
     m = layers.Dense(d, ("mlp", "embed"), compute_dtype=cd, name="mlp_out")(
-        nn.gelu(h, approximate=False))
+      nn.gelu(h, approximate=False)
+    )
     if ctrl is not None:
       control = apply_control_block(ctrl, ctrl_params, cd)
-      m = m.at[:, :control.shape[1]].add(control)
+      m = m.at[:, : control.shape[1]].add(control)
     m = gate_m * modulate(m, shift_m, scale_m)
     return x + a + m, None
 
 
-def run_blocks(cfg: ModelConfig, attn_scale: float, x: jax.Array, c: jax.Array,
-               ctrl: dict | None, ctrl_params: dict | None) -> jax.Array:
+def run_blocks(
+  cfg: ModelConfig,
+  attn_scale: float,
+  x: jax.Array,
+  c: jax.Array,
+  ctrl: dict | None,
+  ctrl_params: dict | None,
+) -> jax.Array:
   """Apply `cfg.depth` blocks (scanned or unrolled, optionally rematerialised). Call inside a
   compact method: the blocks' parameters are `blocks` (stacked on a leading `layers` axis) when
   scanned, `blocks_0 ... blocks_{depth-1}` when unrolled."""
@@ -96,9 +116,14 @@ def run_blocks(cfg: ModelConfig, attn_scale: float, x: jax.Array, c: jax.Array,
     policy = getattr(jax.checkpoint_policies, cfg.remat_policy)
     block_cls = nn.remat(DiTBlock, policy=policy, prevent_cse=not cfg.scan_blocks)
   if cfg.scan_blocks:
-    scanned = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                      in_axes=(nn.broadcast, nn.broadcast, 0), length=cfg.depth,
-                      metadata_params={nn.PARTITION_NAME: "layers"})
+    scanned = nn.scan(
+      block_cls,
+      variable_axes={"params": 0},
+      split_rngs={"params": True},
+      in_axes=(nn.broadcast, nn.broadcast, 0),
+      length=cfg.depth,
+      metadata_params={nn.PARTITION_NAME: "layers"},
+    )
     x, _ = scanned(cfg, attn_scale, name="blocks")(x, c, ctrl, ctrl_params)
     return x
   for i in range(cfg.depth):
@@ -109,26 +134,37 @@ def run_blocks(cfg: ModelConfig, attn_scale: float, x: jax.Array, c: jax.Array,
 
 class DiT(nn.Module):
   """Patchify + position table, joint blocks over targets and reference, unpatchify of targets."""
+
   cfg: ModelConfig
   attn_scale: float
 
   @nn.compact
-  def __call__(self, x_t: jax.Array, t: jax.Array, view_embed: jax.Array | None,
-               ref_tokens: jax.Array, ctrl: dict | None, ctrl_params: dict | None) -> jax.Array:
+  def __call__(
+    self,
+    x_t: jax.Array,
+    t: jax.Array,
+    view_embed: jax.Array | None,
+    ref_tokens: jax.Array,
+    ctrl: dict | None,
+    ctrl_params: dict | None,
+  ) -> jax.Array:
     """x_t [B, V, h, w, C]; view_embed [B, V, D] (camera encoding) or None; ref_tokens [B, N, D]."""
     cfg = self.cfg
     b, v, h, w, c = x_t.shape
     d, n = cfg.width, cfg.tokens_per_view
-    x = embeddings.Patchify(d, cfg.patch_size, cfg.patch_norm_eps, cfg.compute_dtype,
-                            name="patchify")(x_t.reshape(b * v, h, w, c))
+    x = embeddings.Patchify(
+      d, cfg.patch_size, cfg.patch_norm_eps, cfg.compute_dtype, name="patchify"
+    )(x_t.reshape(b * v, h, w, c))
     x = (x + embeddings.sincos_param(self, "pos_embed", cfg)).reshape(b, v, n, d)
     if view_embed is not None:
       x = x + view_embed[:, :, None, :]
     x = jnp.concatenate([x, ref_tokens[:, None]], axis=1).reshape(b, (v + 1) * n, d)
-    temb = embeddings.TimestepEmbedder(d, cfg.freq_dim, cfg.max_period, cfg.compute_dtype,
-                                       name="t_embedder")(t)
+    temb = embeddings.TimestepEmbedder(
+      d, cfg.freq_dim, cfg.max_period, cfg.compute_dtype, name="t_embedder"
+    )(t)
     x = run_blocks(cfg, self.attn_scale, x, temb, ctrl, ctrl_params)
-    x = x[:, :v * n].reshape(b * v, n, d)
-    eps = embeddings.Unpatchify(c, cfg.grid, cfg.patch_size, cfg.patch_norm_eps,
-                                cfg.compute_dtype, name="unpatchify")(x)
+    x = x[:, : v * n].reshape(b * v, n, d)
+    eps = embeddings.Unpatchify(
+      c, cfg.grid, cfg.patch_size, cfg.patch_norm_eps, cfg.compute_dtype, name="unpatchify"
+    )(x)
     return eps.reshape(b, v, h, w, c)

@@ -4,6 +4,7 @@ Latents are channels-last [..., h, w, C] in this package. Pixel (un)shuffle keep
 order (channel = c * p * p + i * p + j for sub-pixel (i, j)), so 1x1-conv weights from the reference
 implementation map onto our Dense kernels by a transpose.
 """
+
 from typing import Any
 
 import flax.linen as nn
@@ -25,8 +26,9 @@ def sincos_2d_table(dim: int, grid_h: int, grid_w: int) -> np.ndarray:
     raise ValueError(f"sin-cos position table needs a width divisible by 4, got {dim}")
   quarter = dim // 4
   omega = 1.0 / 10000 ** (np.arange(quarter, dtype=np.float64) / quarter)
-  rows, cols = np.meshgrid(np.arange(grid_h, dtype=np.float64),
-                           np.arange(grid_w, dtype=np.float64), indexing="ij")
+  rows, cols = np.meshgrid(
+    np.arange(grid_h, dtype=np.float64), np.arange(grid_w, dtype=np.float64), indexing="ij"
+  )
 
   def encode(pos):
     angles = pos.reshape(-1, 1) * omega[None]
@@ -38,8 +40,11 @@ def sincos_2d_table(dim: int, grid_h: int, grid_w: int) -> np.ndarray:
 def sincos_param(module: nn.Module, name: str, cfg) -> jax.Array:
   """A learnable [tokens, D] position table initialised to the 2D sin-cos table."""
   table = sincos_2d_table(cfg.width, *cfg.grid)
-  return module.param(name, nn.with_logical_partitioning(lambda *_: jnp.asarray(table),
-                                                         ("length", "embed")), table.shape)
+  return module.param(
+    name,
+    nn.with_logical_partitioning(lambda *_: jnp.asarray(table), ("length", "embed")),
+    table.shape,
+  )
 
 
 def timestep_embedding(t: jax.Array, dim: int = 256, max_period: float = 1e4) -> jax.Array:
@@ -55,6 +60,7 @@ def timestep_embedding(t: jax.Array, dim: int = 256, max_period: float = 1e4) ->
 
 class TimestepEmbedder(nn.Module):
   """t -> sinusoid(freq_dim) -> Linear -> SiLU -> Linear, weights N(0, 0.02)."""
+
   width: int
   freq_dim: int = 256
   max_period: float = 1e4
@@ -64,11 +70,17 @@ class TimestepEmbedder(nn.Module):
   def __call__(self, t: jax.Array) -> jax.Array:
     init = nn.initializers.normal(0.02)
     h = timestep_embedding(t, self.freq_dim, self.max_period)
-    h = layers.Dense(self.width, ("freq", "embed"), kernel_init=init,
-                     compute_dtype=self.compute_dtype, name="fc1")(h)
+    h = layers.Dense(
+      self.width, ("freq", "embed"), kernel_init=init, compute_dtype=self.compute_dtype, name="fc1"
+    )(h)
     h = nn.silu(h)
-    return layers.Dense(self.width, ("embed", "embed_out"), kernel_init=init,
-                        compute_dtype=self.compute_dtype, name="fc2")(h)
+    return layers.Dense(
+      self.width,
+      ("embed", "embed_out"),
+      kernel_init=init,
+      compute_dtype=self.compute_dtype,
+      name="fc2",
+    )(h)
 
 
 def pixel_unshuffle(x: jax.Array, p: int) -> jax.Array:
@@ -93,7 +105,11 @@ def pixel_shuffle(x: jax.Array, p: int) -> jax.Array:
 
 
 class Patchify(nn.Module):
-  """Latent [N, h, w, C] -> tokens [N, (h/p)*(w/p), D]: unshuffle, 1x1 conv, LayerNorm (no affine)."""
+  """Latent [N, h, w, C] -> tokens [N, (h/p)*(w/p), D].
+
+  Unshuffle, 1x1 conv, LayerNorm (no affine).
+  """
+
   width: int
   patch_size: int = 2
   norm_eps: float = 1e-6
@@ -103,13 +119,22 @@ class Patchify(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     x = pixel_unshuffle(x, self.patch_size)
     x = x.reshape(x.shape[0], -1, x.shape[-1])
-    x = layers.Dense(self.width, ("patch_in", "embed"), kernel_init=layers.xavier_uniform_gain(0.02),
-                     compute_dtype=self.compute_dtype, name="proj")(x)
+    x = layers.Dense(
+      self.width,
+      ("patch_in", "embed"),
+      kernel_init=layers.xavier_uniform_gain(0.02),
+      compute_dtype=self.compute_dtype,
+      name="proj",
+    )(x)
     return layers.layer_norm_stats(x, self.norm_eps)
 
 
 class Unpatchify(nn.Module):
-  """Tokens [N, gh*gw, D] -> latent [N, gh*p, gw*p, C]: LayerNorm (no affine), zero 1x1 conv, shuffle."""
+  """Tokens [N, gh*gw, D] -> latent [N, gh*p, gw*p, C].
+
+  LayerNorm (no affine), zero 1x1 conv, shuffle.
+  """
+
   channels: int
   grid: tuple[int, int]
   patch_size: int = 2
@@ -120,7 +145,12 @@ class Unpatchify(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     p = self.patch_size
     x = layers.layer_norm_stats(x, self.norm_eps)
-    x = layers.Dense(self.channels * p * p, ("embed", "patch_in"), kernel_init=layers.zeros,
-                     compute_dtype=self.compute_dtype, name="proj")(x)
+    x = layers.Dense(
+      self.channels * p * p,
+      ("embed", "patch_in"),
+      kernel_init=layers.zeros,
+      compute_dtype=self.compute_dtype,
+      name="proj",
+    )(x)
     x = x.reshape(x.shape[0], *self.grid, -1)
     return pixel_shuffle(x, p)

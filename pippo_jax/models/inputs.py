@@ -4,6 +4,7 @@ A batch is the data pipelines' dict (uint8 images, float camera data; every key 
 `data_pipelines/schemas.py`). Training (`training.step`) and sampling (`inference.sample`) both
 turn it into `Pippo`'s inputs here: the target latents and the condition dict.
 """
+
 import jax.numpy as jnp
 
 from pippo_jax.models.config import ModelConfig
@@ -18,8 +19,12 @@ MASK_KEY = "target_masks"
 
 def batch_keys(cfg: ModelConfig, loss_mask: str = "none") -> tuple[str, ...]:
   """The batch keys a training step reads for this model (and loss mask)."""
-  keys = BASE_KEYS + (CAM_KEYS if cfg.use_cam_mlp else ()) + (
-      CONTROL_KEYS if cfg.use_control_mlp else ()) + EXAMPLE_KEYS
+  keys = (
+    BASE_KEYS
+    + (CAM_KEYS if cfg.use_cam_mlp else ())
+    + (CONTROL_KEYS if cfg.use_control_mlp else ())
+    + EXAMPLE_KEYS
+  )
   return keys + ((MASK_KEY,) if loss_mask == "person" else ())
 
 

@@ -5,8 +5,10 @@ them to mesh axes). Matmuls cast their inputs to `compute_dtype` and accumulate 
 (`preferred_element_type`), which keeps the fast bf16 path on CPUs and TPUs; outputs are float32.
 LayerNorm statistics are always computed in float32.
 """
+
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -46,8 +48,12 @@ def _low_precision_matmul(x, kernel, dtype):
 def _low_precision_fwd(x, kernel, dtype):
   xl, kl = x.astype(dtype), kernel.astype(dtype)
   # 0-d arrays carry the primal dtypes (residuals must be arrays).
-  return _dot(xl, kl, ((x.ndim - 1,), (0,))), (xl, kl, jnp.zeros((), x.dtype),
-                                               jnp.zeros((), kernel.dtype))
+  return _dot(xl, kl, ((x.ndim - 1,), (0,))), (
+    xl,
+    kl,
+    jnp.zeros((), x.dtype),
+    jnp.zeros((), kernel.dtype),
+  )
 
 
 def _low_precision_bwd(dtype, res, g):
@@ -76,6 +82,7 @@ def matmul(x: jax.Array, kernel: jax.Array, compute_dtype: Any) -> jax.Array:
 
 class Dense(nn.Module):
   """Linear layer y = x W + b with W stored [in, out] and logical axes `kernel_axes`."""
+
   features: int
   kernel_axes: tuple[str | None, str | None] = ("embed", "mlp")
   use_bias: bool = True
@@ -86,22 +93,30 @@ class Dense(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param(
-        "kernel", nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
-        (x.shape[-1], self.features), jnp.float32)
+      "kernel",
+      nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
+      (x.shape[-1], self.features),
+      jnp.float32,
+    )
     y = matmul(x, kernel, self.compute_dtype)
     if self.use_bias:
       bias_init = self.bias_init
       if bias_init is not zeros:  # fan-in aware bias initialisers (SIREN) need the input size
         fan_in = x.shape[-1]
         bias_init = lambda k, s, d=jnp.float32, f=self.bias_init: f(k, s, d, fan_in=fan_in)
-      bias = self.param("bias", nn.with_logical_partitioning(bias_init, self.kernel_axes[1:]),
-                        (self.features,), jnp.float32)
+      bias = self.param(
+        "bias",
+        nn.with_logical_partitioning(bias_init, self.kernel_axes[1:]),
+        (self.features,),
+        jnp.float32,
+      )
       y = y + bias
     return y
 
 
 class Conv(nn.Module):
   """2D convolution on channels-last maps, kernel [kh, kw, in, out], 'SAME'-style padding k // 2."""
+
   features: int
   kernel_size: int
   stride: int = 1
@@ -111,15 +126,27 @@ class Conv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     k = self.kernel_size
-    kernel = self.param("kernel", nn.with_logical_partitioning(xavier_uniform, self.kernel_axes),
-                        (k, k, x.shape[-1], self.features), jnp.float32)
-    bias = self.param("bias", nn.with_logical_partitioning(zeros, self.kernel_axes[-1:]),
-                      (self.features,), jnp.float32)
+    kernel = self.param(
+      "kernel",
+      nn.with_logical_partitioning(xavier_uniform, self.kernel_axes),
+      (k, k, x.shape[-1], self.features),
+      jnp.float32,
+    )
+    bias = self.param(
+      "bias",
+      nn.with_logical_partitioning(zeros, self.kernel_axes[-1:]),
+      (self.features,),
+      jnp.float32,
+    )
     pad = k // 2
     y = jax.lax.conv_general_dilated(
-        x.astype(self.compute_dtype), kernel.astype(self.compute_dtype),
-        window_strides=(self.stride, self.stride), padding=((pad, pad), (pad, pad)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=jnp.float32)
+      x.astype(self.compute_dtype),
+      kernel.astype(self.compute_dtype),
+      window_strides=(self.stride, self.stride),
+      padding=((pad, pad), (pad, pad)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      preferred_element_type=jnp.float32,
+    )
     return y + bias
 
 
@@ -133,6 +160,7 @@ def layer_norm_stats(x: jax.Array, eps: float) -> jax.Array:
 
 class LayerNorm(nn.Module):
   """LayerNorm over the last axis in float32; optional affine scale/bias (init 1 / 0)."""
+
   eps: float = 1e-5
   affine: bool = True
   axis_name: str | None = "norm"
@@ -142,10 +170,15 @@ class LayerNorm(nn.Module):
     y = layer_norm_stats(x, self.eps)
     if self.affine:
       d = x.shape[-1]
-      scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
-                         (d,), jnp.float32)
-      bias = self.param("bias", nn.with_logical_partitioning(zeros, (self.axis_name,)), (d,),
-                        jnp.float32)
+      scale = self.param(
+        "scale",
+        nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
+        (d,),
+        jnp.float32,
+      )
+      bias = self.param(
+        "bias", nn.with_logical_partitioning(zeros, (self.axis_name,)), (d,), jnp.float32
+      )
       y = y * scale + bias
     return y
 

@@ -4,6 +4,7 @@ Shapes come from `jax.eval_shape` of the model's init: nothing is allocated, so 
 are cheap. Paths are "/"-joined module and parameter names, e.g.
 `generator/blocks/in_proj/kernel` (the DiT blocks are stacked on a leading block axis).
 """
+
 import math
 from typing import Any
 
@@ -36,17 +37,20 @@ def count(tree) -> int:
 def check_params(params, model_config) -> None:
   """Raise ValueError listing parameters missing, unexpected or of the wrong shape for the model
   config (a ModelConfig, or the `model` section of a config)."""
-  cfg = model_config if isinstance(model_config, ModelConfig) else ModelConfig.from_config(
-      model_config)
+  cfg = (
+    model_config if isinstance(model_config, ModelConfig) else ModelConfig.from_config(model_config)
+  )
   want = {k: tuple(v.shape) for k, v in flat(abstract(cfg)).items()}
   got = {k: tuple(getattr(v, "shape", ())) for k, v in flat(params).items()}
   missing = sorted(set(want) - set(got))
   unknown = sorted(set(got) - set(want))
-  shapes = sorted(f"{k}: {got[k]} (config wants {want[k]})"
-                  for k in set(want) & set(got) if got[k] != want[k])
+  shapes = sorted(
+    f"{k}: {got[k]} (config wants {want[k]})" for k in set(want) & set(got) if got[k] != want[k]
+  )
   if missing or unknown or shapes:
-    raise ValueError("parameters do not match the model config:"
-                     + (f"\n  missing ({len(missing)}): {missing}" if missing else "")
-                     + (f"\n  unexpected ({len(unknown)}): {unknown}" if unknown else "")
-                     + (f"\n  wrong shape ({len(shapes)}):\n    " + "\n    ".join(shapes)
-                        if shapes else ""))
+    raise ValueError(
+      "parameters do not match the model config:"
+      + (f"\n  missing ({len(missing)}): {missing}" if missing else "")
+      + (f"\n  unexpected ({len(unknown)}): {unknown}" if unknown else "")
+      + (f"\n  wrong shape ({len(shapes)}):\n    " + "\n    ".join(shapes) if shapes else "")
+    )

@@ -17,6 +17,7 @@ Output: eps [B, V, h, w, C].
 P1 (no cameras) sets use_cam_mlp = use_control_mlp = False; M2 adds the camera MLP; P3 adds
 ControlMLP. The whole model outputs exactly zero at initialisation.
 """
+
 import math
 
 import flax.linen as nn
@@ -35,41 +36,61 @@ class Pippo(nn.Module):
     cfg = self.cfg
     if not biased:
       return 1.0 / math.sqrt(cfg.head_dim)
-    return attention.biased_attention_scale(cfg.head_dim, cfg.tokens_per_view, total_views,
-                                            cfg.attention_train_views, cfg.attention_gamma)
+    return attention.biased_attention_scale(
+      cfg.head_dim, cfg.tokens_per_view, total_views, cfg.attention_train_views, cfg.attention_gamma
+    )
 
   @nn.compact
-  def __call__(self, x_t: jax.Array, t: jax.Array, cond: dict, drop: dict | None = None,
-               attention_biasing: bool = False) -> jax.Array:
+  def __call__(
+    self,
+    x_t: jax.Array,
+    t: jax.Array,
+    cond: dict,
+    drop: dict | None = None,
+    attention_biasing: bool = False,
+  ) -> jax.Array:
     cfg = self.cfg
     b, v, h, w, c = x_t.shape
     if (h, w) != (cfg.latent_size, cfg.latent_size) or c != cfg.latent_channels:
-      raise ValueError(f"x_t latents {x_t.shape[2:]} do not match the config's "
-                       f"{(cfg.latent_size, cfg.latent_size, cfg.latent_channels)}")
-    drop = {k: jnp.zeros((b,), bool) if drop is None or drop.get(k) is None else drop[k]
-            for k in CONDITION_GROUPS}
+      raise ValueError(
+        f"x_t latents {x_t.shape[2:]} do not match the config's "
+        f"{(cfg.latent_size, cfg.latent_size, cfg.latent_channels)}"
+      )
+    drop = {
+      k: jnp.zeros((b,), bool) if drop is None or drop.get(k) is None else drop[k]
+      for k in CONDITION_GROUPS
+    }
 
     cam = None
     ref = conditioning.RefEncoder(cfg, name="ref_encoder")(cond["ref_latent"])
     if cfg.use_cam_mlp:
       cam_mlp = conditioning.CamMLP(cfg, name="cam_mlp")
-      null_cam = self.param("null_cam", nn.with_logical_partitioning(layers.zeros, ("embed",)),
-                            (cfg.width,), jnp.float32)
+      null_cam = self.param(
+        "null_cam",
+        nn.with_logical_partitioning(layers.zeros, ("embed",)),
+        (cfg.width,),
+        jnp.float32,
+      )
       cam = jnp.where(drop["cam"][:, None, None], null_cam, cam_mlp(cond["cam_pose"]))
       ref = ref + cam_mlp(cond["ref_cam_pose"])[:, None, :]
-    null_ref = self.param("null_ref", nn.with_logical_partitioning(layers.zeros, ("embed",)),
-                          (cfg.width,), jnp.float32)
+    null_ref = self.param(
+      "null_ref", nn.with_logical_partitioning(layers.zeros, ("embed",)), (cfg.width,), jnp.float32
+    )
     ref = jnp.where(drop["ref"][:, None, None], null_ref, ref)
 
     ctrl = ctrl_params = None
     if cfg.use_control_mlp:
       ctrl, ctrl_params = control_mlp.ControlMLP(cfg, name="control_mlp")(
-          anchor=jnp.concatenate([cond["anchor_latent"], cond["ref_anchor_latent"][:, None]], 1),
-          plucker=jnp.concatenate([cond["plucker"], cond["ref_plucker"][:, None]], 1),
-          x_t=jnp.concatenate([x_t, jnp.zeros_like(x_t[:, :1])], 1), t=t, drop=drop["control"])
+        anchor=jnp.concatenate([cond["anchor_latent"], cond["ref_anchor_latent"][:, None]], 1),
+        plucker=jnp.concatenate([cond["plucker"], cond["ref_plucker"][:, None]], 1),
+        x_t=jnp.concatenate([x_t, jnp.zeros_like(x_t[:, :1])], 1),
+        t=t,
+        drop=drop["control"],
+      )
 
     return dit.DiT(cfg, self.attn_scale(v + 1, attention_biasing), name="generator")(
-        x_t, t, cam, ref, ctrl, ctrl_params)
+      x_t, t, cam, ref, ctrl, ctrl_params
+    )
 
 
 def dummy_inputs(cfg: ModelConfig, batch: int = 1, num_views: int | None = None):

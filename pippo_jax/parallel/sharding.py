@@ -6,6 +6,7 @@ too), `tensor` (heads / MLP hidden). Parameters are annotated with the logical n
 `LOGICAL_RULES` is the default table (`config.sharding.rules`); the batch is sharded like the
 `act_batch` activations.
 """
+
 import contextlib
 import logging
 import math
@@ -20,25 +21,25 @@ from pippo_jax.errors import ConfigError
 MESH_AXES = ("data", "fsdp", "tensor")
 
 LOGICAL_RULES = (
-    # Parameters.
-    ("embed", "fsdp"),
-    ("embed_out", "fsdp"),
-    ("mlp", "tensor"),
-    ("cam_hidden", "tensor"),
-    ("layers", None),
-    ("length", None),
-    ("norm", None),
-    ("head_dim", None),
-    ("freq", None),
-    ("patch_in", None),
-    ("cam_in", None),
-    ("conv_in", None),
-    # Activations.
-    ("act_batch", ("data", "fsdp")),
-    ("act_length", None),
-    ("act_embed", None),
-    ("act_heads", "tensor"),
-    ("act_mlp", "tensor"),
+  # Parameters.
+  ("embed", "fsdp"),
+  ("embed_out", "fsdp"),
+  ("mlp", "tensor"),
+  ("cam_hidden", "tensor"),
+  ("layers", None),
+  ("length", None),
+  ("norm", None),
+  ("head_dim", None),
+  ("freq", None),
+  ("patch_in", None),
+  ("cam_in", None),
+  ("conv_in", None),
+  # Activations.
+  ("act_batch", ("data", "fsdp")),
+  ("act_length", None),
+  ("act_embed", None),
+  ("act_heads", "tensor"),
+  ("act_mlp", "tensor"),
 )
 
 
@@ -47,10 +48,13 @@ def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices=None) -> Me
   devices = jax.devices() if devices is None else devices
   n = data * fsdp * tensor
   if n != len(devices):
-    raise ValueError(f"mesh data={data} x fsdp={fsdp} x tensor={tensor} = {n} does not match "
-                     f"the {len(devices)} available devices")
-  return Mesh(np.asarray(devices).reshape(data, fsdp, tensor), MESH_AXES,
-              axis_types=(AxisType.Auto,) * 3)
+    raise ValueError(
+      f"mesh data={data} x fsdp={fsdp} x tensor={tensor} = {n} does not match "
+      f"the {len(devices)} available devices"
+    )
+  return Mesh(
+    np.asarray(devices).reshape(data, fsdp, tensor), MESH_AXES, axis_types=(AxisType.Auto,) * 3
+  )
 
 
 def mesh_from_config(mesh_cfg) -> Mesh:
@@ -63,8 +67,9 @@ def mesh_from_config(mesh_cfg) -> Mesh:
   known = math.prod(v for v in sizes.values() if v != -1)
   if free:
     if jax.device_count() % known:
-      raise ConfigError(f"sharding.mesh {sizes}: {jax.device_count()} devices are not divisible "
-                        f"by {known}")
+      raise ConfigError(
+        f"sharding.mesh {sizes}: {jax.device_count()} devices are not divisible by {known}"
+      )
     sizes[free[0]] = jax.device_count() // known
   n = math.prod(sizes.values())
   if jax.process_count() == 1 and n < jax.device_count():

@@ -13,6 +13,7 @@ after the save (a second Ctrl-C stops at once).
 Multi-host rule: every process runs every collective (gathers, syncs, jitted functions of global
 arrays) in the same order; only writing files is gated on process 0.
 """
+
 import json
 import logging
 import os
@@ -25,18 +26,21 @@ import numpy as np
 from clu import metrics as clu_metrics
 from jax.experimental import multihost_utils
 
-from pippo_jax.data_pipelines import pipelines
 from pippo_jax import checkpoints, config_lib, paths
+from pippo_jax.data_pipelines import pipelines
 from pippo_jax.diffusion import schedule as schedule_lib
+from pippo_jax.errors import ConfigError
 from pippo_jax.inference import sample as sample_lib
 from pippo_jax.models import codec as codec_lib
-from pippo_jax.models import flops, inputs, params as params_lib
+from pippo_jax.models import flops, inputs
+from pippo_jax.models import params as params_lib
 from pippo_jax.models.config import ModelConfig
 from pippo_jax.models.pippo import Pippo
-from pippo_jax.errors import ConfigError
 from pippo_jax.parallel import sharding
-from pippo_jax.training import run_lock, state as state_lib, step as step_lib
-from pippo_jax.training import transitions
+from pippo_jax.training import run_lock, transitions
+from pippo_jax.training import state as state_lib
+from pippo_jax.training import step as step_lib
+
 
 def ensure_dataset(config, workdir: str) -> None:
   """With no dataset path and `train.synth.subjects` > 0 (the smoke size), build the synthetic
@@ -44,17 +48,25 @@ def ensure_dataset(config, workdir: str) -> None:
   if config.data.source != "array_record" or config.data.path:
     return
   if config.train.synth.subjects <= 0:
-    raise ConfigError("data.path is empty: point it at a dataset directory (e.g. OUT/captures from "
-                      "`pippo-data synth --out OUT`), or set train.synth.subjects (the smoke "
-                      "size does) to train on a synthetic studio built in the workdir")
+    raise ConfigError(
+      "data.path is empty: point it at a dataset directory (e.g. OUT/captures from "
+      "`pippo-data synth --out OUT`), or set train.synth.subjects (the smoke "
+      "size does) to train on a synthetic studio built in the workdir"
+    )
   from pippo_jax.data_pipelines import synthetic_studio  # pylint: disable=g-import-not-at-top
+
   out = os.path.join(workdir, "cache", f"studio_{config.model.image_size}")
   kind = "captures" if config.data.kind == "multiview" else "images"
   if jax.process_index() == 0:
     s = config.train.synth
     settings = synthetic_studio.StudioSettings(
-        seed=config.seed, subjects=s.subjects, cameras=s.cameras, moments=s.moments,
-        resolution=config.model.image_size, images_per_subject=s.images_per_subject)
+      seed=config.seed,
+      subjects=s.subjects,
+      cameras=s.cameras,
+      moments=s.moments,
+      resolution=config.model.image_size,
+      images_per_subject=s.images_per_subject,
+    )
     synthetic_studio.write_studio(out, settings, (kind,))  # resumable; a no-op when complete
   multihost_utils.sync_global_devices("synthetic studio ready")
   config.data.path = os.path.join(out, kind)
@@ -91,8 +103,10 @@ class MetricsLog:
 
 
 def global_batch(host_batch: dict, keys, batch_sharding) -> dict:
-  return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(host_batch[k]))
-          for k in keys}
+  return {
+    k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(host_batch[k]))
+    for k in keys
+  }
 
 
 def _acquire(lock: run_lock.RunLock) -> None:
@@ -106,8 +120,9 @@ def _acquire(lock: run_lock.RunLock) -> None:
   if jax.process_count() > 1:
     busy = bool(multihost_utils.process_allgather(np.int32(error is not None)).max())
     if busy and error is None:
-      error = run_lock.WorkdirBusyError(f"{os.path.dirname(lock.path)} is in use by another run "
-                                        "(see process 0's message)")
+      error = run_lock.WorkdirBusyError(
+        f"{os.path.dirname(lock.path)} is in use by another run (see process 0's message)"
+      )
   if error is not None:
     raise error
 
@@ -134,76 +149,100 @@ def train(config, workdir: str) -> dict:
 
 def _train(config, workdir: str) -> dict:
   from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
+
   cfg = ModelConfig.from_config(config.model)
   mesh = sharding.mesh_from_config(config.sharding.mesh)
   rules = sharding.rules_from_config(config.sharding.rules)
   data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
   if config.batch_size % data_ways:
-    raise ConfigError(f"batch_size={config.batch_size} is not divisible by the "
-                      f"data-parallel mesh axes data x fsdp = {data_ways}")
+    raise ConfigError(
+      f"batch_size={config.batch_size} is not divisible by the "
+      f"data-parallel mesh axes data x fsdp = {data_ways}"
+    )
   model = Pippo(cfg)
   tx = state_lib.make_optimizer(config.optimizer, params_lib.abstract(cfg))
   ensure_dataset(config, workdir)
   codec = codec_lib.make_codec(config.codec)
-  schedule = schedule_lib.cosine_schedule(config.diffusion.num_timesteps, config.diffusion.cosine_s,
-                                          config.diffusion.max_beta)
+  schedule = schedule_lib.cosine_schedule(
+    config.diffusion.num_timesteps, config.diffusion.cosine_s, config.diffusion.max_beta
+  )
   use_ema = config.train.ema_decay > 0
   state, shardings = state_lib.init_train_state(model, tx, cfg, mesh, config.seed, use_ema, rules)
   abstract_state = jax.eval_shape(lambda: state)
 
   data_iter = pipelines.make_iterator(config.data)
-  manager = checkpoints.make_manager(workdir, config.train.keep_checkpoints,
-                                     config.train.checkpoint_every)
-  restored, start = checkpoints.restore_latest(manager, abstract_state, shardings, data_iter,
-                                               config)
+  manager = checkpoints.make_manager(
+    workdir, config.train.keep_checkpoints, config.train.checkpoint_every
+  )
+  restored, start = checkpoints.restore_latest(
+    manager, abstract_state, shardings, data_iter, config
+  )
   if restored is not None:
     state = restored
     if start >= int(config.train.num_steps):  # finished: no compile, no matmul benchmark
       if jax.process_index() == 0:
-        print(f"{workdir} is already at step {start} (train.num_steps={config.train.num_steps}): "
-              "nothing to do; raise --config.train.num_steps to train on")
+        print(
+          f"{workdir} is already at step {start} (train.num_steps={config.train.num_steps}): "
+          "nothing to do; raise --config.train.num_steps to train on"
+        )
       manager.close()
       return {}
   elif config.train.init_from:
-    params, rows = transitions.merge(state.params,
-                                     checkpoints.read_params(config.train.init_from)[0])
+    params, rows = transitions.merge(
+      state.params, checkpoints.read_params(config.train.init_from)[0]
+    )
     state = state.replace(params=params)
     if jax.process_index() == 0:
       print(f"stage transition from {config.train.init_from}:\n{transitions.format_table(rows)}")
 
   step_fn = step_lib.compile_train_step(
-      shardings, mesh, rules, model=model, tx=tx, codec=codec, cfg=cfg, schedule=schedule,
-      diffusion_cfg=config.diffusion, ema_decay=float(config.train.ema_decay))
+    shardings,
+    mesh,
+    rules,
+    model=model,
+    tx=tx,
+    codec=codec,
+    cfg=cfg,
+    schedule=schedule,
+    diffusion_cfg=config.diffusion,
+    ema_decay=float(config.train.ema_decay),
+  )
   keys = inputs.batch_keys(cfg, config.diffusion.loss_mask)
   batch_sh = sharding.batch_sharding(mesh, rules)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   num_steps = int(config.train.num_steps)
-  hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
-                                           every_steps=config.train.log_every)]
+  hooks = [
+    periodic_actions.ReportProgress(
+      num_train_steps=num_steps, writer=writer, every_steps=config.train.log_every
+    )
+  ]
   if config.train.profile_steps and jax.process_index() == 0:
-    hooks.append(periodic_actions.Profile(num_profile_steps=config.train.profile_steps,
-                                          logdir=workdir))
+    hooks.append(
+      periodic_actions.Profile(num_profile_steps=config.train.profile_steps, logdir=workdir)
+    )
   log = MetricsLog(workdir, start)
   peak = config.train.peak_flops or flops.device_peak_flops(jax.devices()[0])
   if not peak:
-    logging.info("MFU is not logged: no known peak for %s; set train.peak_flops (FLOP/s per "
-                 "device) to log it", jax.devices()[0].device_kind)
+    logging.info(
+      "MFU is not logged: no known peak for %s; set train.peak_flops (FLOP/s per device) to log it",
+      jax.devices()[0].device_kind,
+    )
   step_flops = flops.train_step_flops(cfg, batch=config.batch_size)
 
   if config.train.sample_every:
     # A fixed set of examples for the sample grids, from a differently seeded stream.
     sample_cfg = config.data.copy_and_resolve_references()
-    sample_cfg.update(seed=config.data.seed + 7919,
-                      batch_size=config.train.sample_batch * jax.process_count())
+    sample_cfg.update(
+      seed=config.data.seed + 7919, batch_size=config.train.sample_batch * jax.process_count()
+    )
     sample_batch = next(pipelines.make_iterator(sample_cfg))
     sampler = make_sampler(model, codec, cfg, schedule, config)
 
   def next_batch():
     """The next global batch and the data-iterator state just after it (what a checkpoint at its
     step must hold: the loop reads one batch ahead)."""
-    return (global_batch(next(data_iter), keys, batch_sh),
-            checkpoints.IteratorSnapshot(data_iter))
+    return (global_batch(next(data_iter), keys, batch_sh), checkpoints.IteratorSnapshot(data_iter))
 
   stop, received = StopSignals(), None
   last, window, window_start = {}, None, time.perf_counter()
@@ -223,27 +262,32 @@ def _train(config, workdir: str) -> dict:
       for checked, at in ((previous, step - 1), (metrics if logging_step else None, step)):
         if checked is not None and int(checked["nonfinite"]) >= config.train.max_nonfinite:
           raise FloatingPointError(
-              f"{int(checked['nonfinite'])} non-finite steps in a row at step {at} (loss, "
-              "gradient norm or update is NaN/inf): lower optimizer.lr or check the data; "
-              "parameters were left at the last finite step")
+            f"{int(checked['nonfinite'])} non-finite steps in a row at step {at} (loss, "
+            "gradient norm or update is NaN/inf): lower optimizer.lr or check the data; "
+            "parameters were left at the last finite step"
+          )
       previous = metrics
       if logging_step:
         window_metrics = window.compute()
         steps_per_s = int(window.loss.count) / (time.perf_counter() - window_start)
         last = {k: float(v) for k, v in window_metrics.items()}
-        last.update(lr=float(state_lib.learning_rate(config.optimizer)(step)),
-                    examples_per_sec=steps_per_s * config.batch_size)
+        last.update(
+          lr=float(state_lib.learning_rate(config.optimizer)(step)),
+          examples_per_sec=steps_per_s * config.batch_size,
+        )
         if peak:
           last["mfu"] = steps_per_s * step_flops / (peak * jax.device_count())
         writer.write_scalars(step, last)  # clu's ReportProgress writes steps_per_sec
         log.write(step, dict(last, steps_per_sec=steps_per_s))
         window, window_start = None, time.perf_counter()
       received = stop.agreed()
-      checkpoints.save(manager, step, state, data_state, config,
-                       force=received is not None or step == num_steps)
+      checkpoints.save(
+        manager, step, state, data_state, config, force=received is not None or step == num_steps
+      )
       if config.train.sample_every and (step % config.train.sample_every == 0 or step == num_steps):
-        write_samples(workdir, writer, step, sampler, state, sample_batch, keys, batch_sh, mesh,
-                      rules)
+        write_samples(
+          workdir, writer, step, sampler, state, sample_batch, keys, batch_sh, mesh, rules
+        )
       if received is not None:
         logging.warning("%s: saved a checkpoint at step %d; stopping", received, step)
         break
@@ -252,14 +296,16 @@ def _train(config, workdir: str) -> dict:
     stop.restore()
     writer.flush()
   if received == "SIGINT":
-    raise KeyboardInterrupt(f"saved a checkpoint at step {step} in {workdir}; run the same "
-                            "command to resume")
+    raise KeyboardInterrupt(
+      f"saved a checkpoint at step {step} in {workdir}; run the same command to resume"
+    )
   return last
 
 
 @flax.struct.dataclass
 class WindowMetrics(clu_metrics.Collection):
   """Training metrics averaged over the steps between two log lines (`skipped` counts)."""
+
   loss: clu_metrics.Average.from_output("loss")
   grad_norm: clu_metrics.Average.from_output("grad_norm")
   skipped: clu_metrics.Average.from_fun(lambda finite, **_: 1.0 - finite)
@@ -293,8 +339,9 @@ class StopSignals:
       raise KeyboardInterrupt("second Ctrl-C: stopped without saving")
     self.received = max(self.received, code)
     if code == 2:
-      logging.warning("SIGINT: saving a checkpoint at the end of this step (Ctrl-C again to stop "
-                      "at once)")
+      logging.warning(
+        "SIGINT: saving a checkpoint at the end of this step (Ctrl-C again to stop at once)"
+      )
 
   def agreed(self) -> str | None:
     """The signal to act on at this step (the same on every process: a collective)."""
@@ -311,9 +358,20 @@ class StopSignals:
 def make_sampler(model, codec, cfg, schedule, config):
   """Jitted (params, batch) -> uint8 views, with a fixed key so grids are comparable over time."""
   key = jax.random.key(config.seed + 1)
-  return jax.jit(lambda p, b: sample_lib.sample_views(
-      model, p, b, codec, cfg, schedule, key, num_steps=config.train.sample_steps,
-      eta=config.diffusion.sampler.eta, parameterization=config.diffusion.prediction))
+  return jax.jit(
+    lambda p, b: sample_lib.sample_views(
+      model,
+      p,
+      b,
+      codec,
+      cfg,
+      schedule,
+      key,
+      num_steps=config.train.sample_steps,
+      eta=config.diffusion.sampler.eta,
+      parameterization=config.diffusion.prediction,
+    )
+  )
 
 
 def write_samples(workdir, writer, step, sampler, state, host_batch, keys, batch_sh, mesh, rules):
@@ -323,8 +381,10 @@ def write_samples(workdir, writer, step, sampler, state, host_batch, keys, batch
   with sharding.activate(mesh, rules):
     images = sampler(params, batch)
   # Gathers are collectives: every process takes part; only process 0 writes.
-  images, ref, tgt = (multihost_utils.process_allgather(a, tiled=True)
-                      for a in (images, batch["ref_image"], batch["target_images"]))
+  images, ref, tgt = (
+    multihost_utils.process_allgather(a, tiled=True)
+    for a in (images, batch["ref_image"], batch["target_images"])
+  )
   if jax.process_index() == 0:
     image = sample_lib.grid(ref, tgt, images)
     os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)

@@ -7,6 +7,7 @@ time. A lock is stale, and is taken over with a warning, when its holder runs on
 pid is gone (a killed run), or when its heartbeat is older than `STALE_S` (a holder on another host
 that died). The lock is removed when the run ends.
 """
+
 import json
 import logging
 import os
@@ -82,9 +83,10 @@ class RunLock:
       reason = stale_reason(holder) if holder else "it is unreadable"
       if reason is None:
         raise WorkdirBusyError(
-            f"{os.path.dirname(self.path)} is in use by another run ({_describe(holder)}); "
-            f"stop that run or choose another --workdir (remove {self.path} if you are sure "
-            "it is dead)") from None
+          f"{os.path.dirname(self.path)} is in use by another run ({_describe(holder)}); "
+          f"stop that run or choose another --workdir (remove {self.path} if you are sure "
+          "it is dead)"
+        ) from None
       print(f"note: taking over the stale lock {self.path}: {reason}", flush=True)
       self._write(exclusive=False)
     self._thread = threading.Thread(target=self._beat, daemon=True, name="run-lock-heartbeat")

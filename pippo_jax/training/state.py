@@ -1,10 +1,11 @@
 """Train state, optimizer and sharded initialisation.
 
 Parameters and Adam moments are created directly with their target shardings: shapes come from
-`jax.eval_shape`, shardings from the logical-axis rules, and `jax.jit(init, out_shardings=...)` makes
-every device build only its own shards. Optimizer-state shardings follow the parameters through
-`optax.tree_map_params` (a plain `jax.jit(tx.init)` would replicate the moments).
+`jax.eval_shape`, shardings from the logical-axis rules, and `jax.jit(init, out_shardings=...)`
+makes every device build only its own shards. Optimizer-state shardings follow the parameters
+through `optax.tree_map_params` (a plain `jax.jit(tx.init)` would replicate the moments).
 """
+
 from typing import Any
 
 import flax
@@ -12,7 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from pippo_jax.errors import ConfigError
 from pippo_jax.models import params as params_lib
@@ -26,9 +28,9 @@ class TrainState:
   step: jax.Array
   params: Any
   opt_state: Any
-  rng: jax.Array          # raw uint32 key data (checkpoint friendly)
-  ema_params: Any         # None when EMA is off
-  nonfinite: jax.Array    # consecutive skipped (non-finite) steps
+  rng: jax.Array  # raw uint32 key data (checkpoint friendly)
+  ema_params: Any  # None when EMA is off
+  nonfinite: jax.Array  # consecutive skipped (non-finite) steps
 
 
 def learning_rate(opt_cfg) -> optax.Schedule:
@@ -58,20 +60,26 @@ def make_optimizer(opt_cfg, param_shapes) -> optax.GradientTransformation:
   frozen = set(opt_cfg.frozen)
   unknown = (set(multipliers) | frozen) - modules
   if unknown:
-    raise ConfigError(f"optimizer.lr_multipliers / optimizer.frozen name unknown modules "
-                      f"{sorted(unknown)}; the model has {sorted(modules)}")
+    raise ConfigError(
+      f"optimizer.lr_multipliers / optimizer.frozen name unknown modules "
+      f"{sorted(unknown)}; the model has {sorted(modules)}"
+    )
   schedule = learning_rate(opt_cfg)
 
   def adamw(mult):
     lr = schedule if mult == 1.0 else (lambda step: mult * schedule(step))
-    return optax.adamw(lr, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
-                       weight_decay=opt_cfg.weight_decay)
+    return optax.adamw(
+      lr, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps, weight_decay=opt_cfg.weight_decay
+    )
 
   labels = {m: "frozen" if m in frozen else f"x{float(multipliers.get(m, 1.0))}" for m in modules}
-  transforms = {label: optax.set_to_zero() if label == "frozen" else adamw(float(label[1:]))
-                for label in set(labels.values())}
-  tx = optax.chain(optax.clip_by_global_norm(opt_cfg.grad_clip),
-                   optax.multi_transform(transforms, labels))  # labels: a prefix of the params tree
+  transforms = {
+    label: optax.set_to_zero() if label == "frozen" else adamw(float(label[1:]))
+    for label in set(labels.values())
+  }
+  tx = optax.chain(
+    optax.clip_by_global_norm(opt_cfg.grad_clip), optax.multi_transform(transforms, labels)
+  )  # labels: a prefix of the params tree
   if int(opt_cfg.grad_accum_steps) > 1:
     tx = optax.MultiSteps(tx, int(opt_cfg.grad_accum_steps))
   return tx
@@ -81,28 +89,43 @@ def _init_state(model, tx, cfg: ModelConfig, key, use_ema: bool) -> TrainState:
   x_t, t, cond = dummy_inputs(cfg, 1)
   init_key, state_key = jax.random.split(key)
   params = nn.unbox(model.init(init_key, x_t, t, cond)["params"])
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    rng=jax.random.key_data(state_key),
-                    ema_params=jax.tree.map(jnp.copy, params) if use_ema else None,
-                    nonfinite=jnp.zeros((), jnp.int32))
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=tx.init(params),
+    rng=jax.random.key_data(state_key),
+    ema_params=jax.tree.map(jnp.copy, params) if use_ema else None,
+    nonfinite=jnp.zeros((), jnp.int32),
+  )
 
 
-def state_shardings(model, tx, cfg: ModelConfig, mesh, use_ema: bool,
-                    rules=sharding.LOGICAL_RULES):
+def state_shardings(model, tx, cfg: ModelConfig, mesh, use_ema: bool, rules=sharding.LOGICAL_RULES):
   """(abstract TrainState, its NamedShardings) from the logical-axis rules."""
   param_sh = sharding.param_shardings(params_lib.abstract(cfg, boxed=True), mesh, rules)
   abstract = jax.eval_shape(lambda k: _init_state(model, tx, cfg, k, use_ema), jax.random.key(0))
   replicated = NamedSharding(mesh, P())
-  opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, param_sh,
-                                 transform_non_params=lambda _: replicated,
-                                 is_leaf=lambda x: isinstance(x, NamedSharding))
-  shardings = TrainState(step=replicated, params=param_sh, opt_state=opt_sh, rng=replicated,
-                         ema_params=param_sh if use_ema else None, nonfinite=replicated)
+  opt_sh = optax.tree_map_params(
+    tx,
+    lambda _, s: s,
+    abstract.opt_state,
+    param_sh,
+    transform_non_params=lambda _: replicated,
+    is_leaf=lambda x: isinstance(x, NamedSharding),
+  )
+  shardings = TrainState(
+    step=replicated,
+    params=param_sh,
+    opt_state=opt_sh,
+    rng=replicated,
+    ema_params=param_sh if use_ema else None,
+    nonfinite=replicated,
+  )
   return abstract, shardings
 
 
-def init_train_state(model: Pippo, tx, cfg: ModelConfig, mesh, seed: int, use_ema: bool,
-                     rules=sharding.LOGICAL_RULES):
+def init_train_state(
+  model: Pippo, tx, cfg: ModelConfig, mesh, seed: int, use_ema: bool, rules=sharding.LOGICAL_RULES
+):
   """A freshly initialised TrainState, built directly in its shardings."""
   _, shardings = state_shardings(model, tx, cfg, mesh, use_ema, rules)
   init = jax.jit(lambda k: _init_state(model, tx, cfg, k, use_ema), out_shardings=shardings)

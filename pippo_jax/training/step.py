@@ -7,6 +7,7 @@ the plain MSE between the model output and its target (epsilon, v or x0) is mini
 loss, gradient norm or update is not finite leaves the state untouched and counts itself in
 `state.nonfinite` (reset by the next good step).
 """
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -43,17 +44,29 @@ def loss_and_metrics(params, model, codec, cfg: ModelConfig, schedule, diffusion
   pred = model.apply({"params": params}, noised.x_t, noised.t, cond, drop)
   mask = None
   if diffusion_cfg.loss_mask == "person":
-    mask = jnp.broadcast_to(codec.encode(batch[inputs.MASK_KEY][..., None].repeat(3, -1)) > -1,
-                            pred.shape)  # latent cells with any person pixel
+    mask = jnp.broadcast_to(
+      codec.encode(batch[inputs.MASK_KEY][..., None].repeat(3, -1)) > -1, pred.shape
+    )  # latent cells with any person pixel
   loss = objective.diffusion_loss(pred, noised.target, mask)
   return loss, {"loss": loss}
 
 
-def train_step(state: TrainState, batch: dict, *, model, tx, codec, cfg: ModelConfig, schedule,
-               diffusion_cfg, ema_decay: float = 0.0):
+def train_step(
+  state: TrainState,
+  batch: dict,
+  *,
+  model,
+  tx,
+  codec,
+  cfg: ModelConfig,
+  schedule,
+  diffusion_cfg,
+  ema_decay: float = 0.0,
+):
   key, step_key = jax.random.split(jax.random.wrap_key_data(state.rng))
   (loss, metrics), grads = jax.value_and_grad(loss_and_metrics, has_aux=True)(
-      state.params, model, codec, cfg, schedule, diffusion_cfg, batch, step_key)
+    state.params, model, codec, cfg, schedule, diffusion_cfg, batch, step_key
+  )
   grad_norm = optax.global_norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -64,12 +77,16 @@ def train_step(state: TrainState, batch: dict, *, model, tx, codec, cfg: ModelCo
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(updates))
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
   new_state = TrainState(
-      step=state.step + 1, params=keep(params, state.params),
-      opt_state=keep(opt_state, state.opt_state), rng=jax.random.key_data(key),
-      ema_params=None if ema is None else keep(ema, state.ema_params),
-      nonfinite=jnp.where(finite, 0, state.nonfinite + 1))
-  metrics = dict(metrics, grad_norm=grad_norm, finite=finite.astype(jnp.float32),
-                 nonfinite=new_state.nonfinite)
+    step=state.step + 1,
+    params=keep(params, state.params),
+    opt_state=keep(opt_state, state.opt_state),
+    rng=jax.random.key_data(key),
+    ema_params=None if ema is None else keep(ema, state.ema_params),
+    nonfinite=jnp.where(finite, 0, state.nonfinite + 1),
+  )
+  metrics = dict(
+    metrics, grad_norm=grad_norm, finite=finite.astype(jnp.float32), nonfinite=new_state.nonfinite
+  )
   return new_state, metrics
 
 
@@ -77,9 +94,12 @@ def compile_train_step(state_shardings, mesh, rules=shard_lib.LOGICAL_RULES, **k
   """`train_step` jitted with state/batch shardings and the state donated. Call it inside
   `sharding.activate(mesh, rules)` (see `run_step`)."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  return jax.jit(lambda s, b: train_step(s, b, **kwargs),
-                 in_shardings=(state_shardings, shard_lib.batch_sharding(mesh, rules)),
-                 out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+  return jax.jit(
+    lambda s, b: train_step(s, b, **kwargs),
+    in_shardings=(state_shardings, shard_lib.batch_sharding(mesh, rules)),
+    out_shardings=(state_shardings, replicated),
+    donate_argnums=(0,),
+  )
 
 
 def run_step(step_fn, mesh, state, batch, rules=shard_lib.LOGICAL_RULES):

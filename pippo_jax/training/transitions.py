@@ -7,6 +7,7 @@ sin-cos initialisation. A table of loaded / new / reshaped / dropped parameters 
 source parameters come from `pippo_jax.checkpoints.read_params` (a training workdir or a
 `pippo-convert` output).
 """
+
 import jax
 import numpy as np
 from flax import traverse_util
@@ -22,8 +23,9 @@ def merge(target_params, source_params):
     if name not in src:
       rows.append((name, "new", tuple(leaf.shape)))
     elif tuple(src[name].shape) != tuple(leaf.shape):
-      rows.append((name, f"new (shape {tuple(src[name].shape)} -> {tuple(leaf.shape)})",
-                   tuple(leaf.shape)))
+      rows.append(
+        (name, f"new (shape {tuple(src[name].shape)} -> {tuple(leaf.shape)})", tuple(leaf.shape))
+      )
     else:
       out[name] = jax.device_put(np.asarray(src[name], leaf.dtype), leaf.sharding)
       rows.append((name, "loaded", tuple(leaf.shape)))
@@ -40,6 +42,8 @@ def format_table(rows) -> str:
     counts[key] = (n + 1, p + int(np.prod(shape)))
   lines = [f"{'parameter':<58}{'status':<34}shape"]
   lines += [f"{name:<58}{status:<34}{shape}" for name, status, shape in rows]
-  lines.append("summary: " + ", ".join(f"{k} {n} tensors / {p:,} params"
-                                         for k, (n, p) in sorted(counts.items())))
+  lines.append(
+    "summary: "
+    + ", ".join(f"{k} {n} tensors / {p:,} params" for k, (n, p) in sorted(counts.items()))
+  )
   return "\n".join(lines)

@@ -1,8 +1,9 @@
 """Fixtures of the data tests: a tiny synthetic studio written once per session."""
+
 import io
 
-from absl import flags
 import pytest
+from absl import flags
 
 from pippo_jax.data_pipelines import synthetic_studio
 
@@ -10,8 +11,15 @@ from pippo_jax.data_pipelines import synthetic_studio
 flags.FLAGS.mark_as_parsed()
 
 TINY = synthetic_studio.StudioSettings(
-    seed=3, subjects=6, cameras=12, resolution=48, moments=2,
-    images_per_subject=10, test_fraction=0.2, records_per_shard=16)
+  seed=3,
+  subjects=6,
+  cameras=12,
+  resolution=48,
+  moments=2,
+  images_per_subject=10,
+  test_fraction=0.2,
+  records_per_shard=16,
+)
 
 
 @pytest.fixture(scope="session")

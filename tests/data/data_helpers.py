@@ -1,7 +1,6 @@
 """Helpers of the data tests (importable: pytest puts tests/data on sys.path)."""
-from pippo_jax.data_pipelines import config
-from pippo_jax.data_pipelines import sources
-from pippo_jax.data_pipelines import writer
+
+from pippo_jax.data_pipelines import config, sources, writer
 
 
 def data_config(stage, path, resolution=32, num_views=3, **overrides):
@@ -17,5 +16,6 @@ def write_images(directory, num_records=6, records_per_shard=2):
   """A small image dataset (32 px records made up from their index);
   returns the split's index entry."""
   src = sources.IndexSynthesizedSource(num_records)
-  return writer.write_split(str(directory), "train", "image", num_records,
-                            lambda i: src[i]["bytes"], records_per_shard)
+  return writer.write_split(
+    str(directory), "train", "image", num_records, lambda i: src[i]["bytes"], records_per_shard
+  )

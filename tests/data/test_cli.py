@@ -1,30 +1,45 @@
 """pippo-data: synth (resumable), inspect, stats, preview, tfds-build; paths
 and errors as a user meets them."""
+
 import os
 import subprocess
 import sys
 
 import numpy as np
-from PIL import Image
 import pytest
-
-from pippo_jax.data_pipelines import schemas
-from pippo_jax.data_pipelines import sources
-from pippo_jax.data_pipelines import writer
 from data_helpers import write_images
+from PIL import Image
+
 from pippo_jax.cli import data as cli
+from pippo_jax.data_pipelines import schemas, sources, writer
 
 
 def _files(d):
-  return {os.path.join(r, f): open(os.path.join(r, f), "rb").read()
-          for r, _, fs in os.walk(d) for f in fs if f.endswith(".array_record")}
+  return {
+    os.path.join(r, f): open(os.path.join(r, f), "rb").read()
+    for r, _, fs in os.walk(d)
+    for f in fs
+    if f.endswith(".array_record")
+  }
 
 
 def test_synth_inspect_stats_preview(tmp_path, capsys):
   out = str(tmp_path / "studio")
-  args = ["synth", "--out", out, "--subjects", "3", "--cameras", "6",
-          "--resolution", "32", "--images-per-subject", "4",
-          "--records-per-shard", "8"]
+  args = [
+    "synth",
+    "--out",
+    out,
+    "--subjects",
+    "3",
+    "--cameras",
+    "6",
+    "--resolution",
+    "32",
+    "--images-per-subject",
+    "4",
+    "--records-per-shard",
+    "8",
+  ]
   assert cli.main(args) == 0
   text = capsys.readouterr()
   assert "captures/train: 2 records" in text.out
@@ -43,15 +58,40 @@ def test_synth_inspect_stats_preview(tmp_path, capsys):
   assert "detection_confidence" in text
 
   png = str(tmp_path / "p3.png")
-  cli.main(["preview", f"{out}/captures", "--out", png, "--resolution", "32",
-            "--num-views", "2", "--examples", "2"])
+  cli.main(
+    [
+      "preview",
+      f"{out}/captures",
+      "--out",
+      png,
+      "--resolution",
+      "32",
+      "--num-views",
+      "2",
+      "--examples",
+      "2",
+    ]
+  )
   # Two rows of reference + 2 targets, then the same with anchors drawn.
   assert np.asarray(Image.open(png)).shape == (64, 6 * 32, 3)
 
 
 def test_tfds_build_prints_how_to_read(tmp_path, capsys):
-  cli.main(["tfds-build", "--builder", "synthetic_studio", "--config", "images",
-            "--data-dir", str(tmp_path), "--subjects", "2", "--resolution", "32"])
+  cli.main(
+    [
+      "tfds-build",
+      "--builder",
+      "synthetic_studio",
+      "--config",
+      "images",
+      "--data-dir",
+      str(tmp_path),
+      "--subjects",
+      "2",
+      "--resolution",
+      "32",
+    ]
+  )
   out = capsys.readouterr().out
   assert "train=16, test=16" in out
   assert "data.tfds_name='pippo_synthetic_studio/images_2x32_32px_seed0'" in out
@@ -73,21 +113,26 @@ def test_image_folder_without_config_is_named_after_the_folder(tmp_path, capsys)
   Image.fromarray(deep).save(folder / "deep.png")  # 16-bit grey
   Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(folder / "dot.png")
   data_dir = str(tmp_path / "tfds")
-  assert cli.main(["tfds-build", "--builder", "image_folder", "--folder",
-                   str(folder), "--data-dir", data_dir]) == 0
+  assert (
+    cli.main(
+      ["tfds-build", "--builder", "image_folder", "--folder", str(folder), "--data-dir", data_dir]
+    )
+    == 0
+  )
   out = capsys.readouterr().out
   assert "built pippo_image_folder/my_photos/1.0.0" in out and "train=2" in out
   assert "data.tfds_name='pippo_image_folder/my_photos'" in out
   src = sources.TfdsSource("pippo_image_folder/my_photos", "train", data_dir)
-  recs = {r["image_id"]: r for r in (schemas.decode_image_record(src[i]["bytes"])
-                                     for i in range(len(src)))}
+  recs = {
+    r["image_id"]: r
+    for r in (schemas.decode_image_record(src[i]["bytes"]) for i in range(len(src)))
+  }
   assert sorted(recs) == ["a.png", "deep.png"]  # dot.png: 1x1, skipped
-  np.testing.assert_array_equal(schemas.decode_image(recs["deep.png"]["image"], mode="L"),
-                                (deep >> 8).astype(np.uint8))
-  err = _fails(["tfds-build", "--builder", "image_folder", "--data-dir", data_dir],
-               capsys, 2)
-  assert err.splitlines()[-1] == (
-      "pippo-data: error: --builder image_folder needs --folder DIR")
+  np.testing.assert_array_equal(
+    schemas.decode_image(recs["deep.png"]["image"], mode="L"), (deep >> 8).astype(np.uint8)
+  )
+  err = _fails(["tfds-build", "--builder", "image_folder", "--data-dir", data_dir], capsys, 2)
+  assert err.splitlines()[-1] == ("pippo-data: error: --builder image_folder needs --folder DIR")
 
 
 def test_inspect_checks_every_listed_shard(tmp_path, capsys):
@@ -104,11 +149,12 @@ def test_inspect_checks_every_listed_shard(tmp_path, capsys):
   assert cli.main(["inspect", str(tmp_path)]) == 1
   lines = capsys.readouterr().out.splitlines()
   assert lines[1] == head + (
-      "DAMAGED: 2 of 3 shards missing or of the wrong size; "
-      f"{writer.REWRITE_HINT}")
+    f"DAMAGED: 2 of 3 shards missing or of the wrong size; {writer.REWRITE_HINT}"
+  )
   assert lines[2:4] == [
-      f"    {missing}: missing (listed in index.json)",
-      f"    {cut}: truncated, 100 bytes on disk but index.json lists {listed}"]
+    f"    {missing}: missing (listed in index.json)",
+    f"    {cut}: truncated, 100 bytes on disk but index.json lists {listed}",
+  ]
 
 
 def test_a_damaged_dataset_is_one_line_and_exit_1(tmp_path, capsys):
@@ -120,12 +166,16 @@ def test_a_damaged_dataset_is_one_line_and_exit_1(tmp_path, capsys):
     assert err.startswith(f"pippo-data: error: {index} is damaged (JSONDecodeError")
     assert "delete it and re-run the command that wrote the dataset" in err
   err = _fails(["inspect", str(tmp_path / "nope")], capsys, 1)
-  assert err == (f"pippo-data: error: {tmp_path}/nope/index.json not found: not a "
-                 "pippo dataset directory (write one with `pippo-data synth --out "
-                 "DIR` or a tfds builder)\n")
+  assert err == (
+    f"pippo-data: error: {tmp_path}/nope/index.json not found: not a "
+    "pippo dataset directory (write one with `pippo-data synth --out "
+    "DIR` or a tfds builder)\n"
+  )
 
 
-@pytest.mark.parametrize("args, problem", [
+@pytest.mark.parametrize(
+  "args, problem",
+  [
     ([], "no command given; commands: synth, inspect, stats, preview, tfds-build"),
     (["bogus"], "unknown command 'bogus'; commands: synth, inspect"),
     (["inspect"], "inspect takes one DIR argument besides flags, got 0"),
@@ -134,9 +184,12 @@ def test_a_damaged_dataset_is_one_line_and_exit_1(tmp_path, capsys):
     (["synth", "--out"], "Missing value for flag --out"),
     (["synth", "--out", "d", "extra"], "synth takes no arguments besides flags, got 1"),
     (["stats", "d", "--sample", "many"], "flag --sample=many: invalid literal for int()"),
-    (["preview", "d", "--out", "p.png", "--stage", "p9"],
-     "flag --stage=p9: value should be one of <p1|m2|p3>"),
-])
+    (
+      ["preview", "d", "--out", "p.png", "--stage", "p9"],
+      "flag --stage=p9: value should be one of <p1|m2|p3>",
+    ),
+  ],
+)
 def test_usage_errors_exit_2_naming_the_problem(args, problem, capsys):
   err = _fails(args, capsys, 2)
   assert len(err.splitlines()) == 1 and err.startswith("pippo-data: error: ")
@@ -153,8 +206,13 @@ def test_help_lists_the_commands_and_each_commands_flags(capsys):
   assert e.value.code == 0
   out = capsys.readouterr().out
   assert out.startswith("pippo-data synth [FLAGS]\n")
-  for flag in ("--out", "--images-per-subject", "--test-fraction", "--records-per-shard",
-               "--format: <png|jpeg>"):
+  for flag in (
+    "--out",
+    "--images-per-subject",
+    "--test-fraction",
+    "--records-per-shard",
+    "--format: <png|jpeg>",
+  ):
     assert flag in out
   assert "--split" not in out  # only synth's own flags
   with pytest.raises(SystemExit) as e:
@@ -164,22 +222,36 @@ def test_help_lists_the_commands_and_each_commands_flags(capsys):
 
 
 def test_relative_and_home_paths_become_absolute(tmp_path, monkeypatch, capsys):
-  tiny = ["--subjects", "2", "--cameras", "2", "--resolution", "16",
-          "--images-per-subject", "1", "--kinds", "images"]
+  tiny = [
+    "--subjects",
+    "2",
+    "--cameras",
+    "2",
+    "--resolution",
+    "16",
+    "--images-per-subject",
+    "1",
+    "--kinds",
+    "images",
+  ]
   run = subprocess.run(
-      [sys.executable, "-m", "pippo_jax.cli.data", "synth", "--out",
-       "data/studio", *tiny], cwd=tmp_path, capture_output=True, text=True,
-      timeout=120, check=False)
+    [sys.executable, "-m", "pippo_jax.cli.data", "synth", "--out", "data/studio", *tiny],
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+  )
   assert run.returncode == 0, run.stderr
   assert run.stdout.startswith(f"{tmp_path}/data/studio/images/train: 1 records")
   monkeypatch.setenv("HOME", str(tmp_path))
   monkeypatch.chdir(tmp_path / "data")
   assert cli.main(["inspect", "~/data/studio/images"]) == 0
-  assert capsys.readouterr().out.startswith(
-      f"{tmp_path}/data/studio/images: image records")
+  assert capsys.readouterr().out.startswith(f"{tmp_path}/data/studio/images: image records")
   # An output that cannot be written: one line, before any work.
   (tmp_path / "data" / "afile").write_text("")
   err = _fails(["synth", "--out", "afile/studio", *tiny], capsys, 1)
-  assert err == (f"pippo-data: error: --out {tmp_path}/data/afile/studio is "
-                 "not writable: Not a directory\n")
+  assert err == (
+    f"pippo-data: error: --out {tmp_path}/data/afile/studio is not writable: Not a directory\n"
+  )
   assert sorted(os.listdir(tmp_path / "data")) == ["afile", "studio"]

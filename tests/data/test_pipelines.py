@@ -1,20 +1,22 @@
 """Grain pipelines: determinism, epochs, multi-process coverage, state, filters,
 corrupt records."""
+
 import logging
 import shutil
 
 import numpy as np
 import pytest
-
-from pippo_jax.data_pipelines import pipelines
-from pippo_jax.data_pipelines import schemas
-from pippo_jax.data_pipelines import sources
-from pippo_jax.data_pipelines import transforms
-from pippo_jax.data_pipelines import writer
 from data_helpers import data_config
 
-NO_FILTERS = dict(min_detection_confidence=0.0, min_person_size=0.0,
-                  min_visibility=0.0, min_quality=0.0, require_face=False)
+from pippo_jax.data_pipelines import pipelines, schemas, sources, transforms, writer
+
+NO_FILTERS = dict(
+  min_detection_confidence=0.0,
+  min_person_size=0.0,
+  min_visibility=0.0,
+  min_quality=0.0,
+  require_face=False,
+)
 
 
 def _take(it, n):
@@ -35,11 +37,14 @@ def test_p1_batch_keys_shapes_dtypes(studio):
   cfg = data_config("p1", studio / "images", resolution=32)
   batch = next(pipelines.make_iterator(cfg, process_index=0, process_count=1))
   f = cfg.face_resolution
-  expected = {"target_images": ((2, 1, 32, 32, 3), np.uint8),
-              "ref_image": ((2, 32, 32, 3), np.uint8),
-              "ref_face": ((2, f, f, 3), np.uint8),
-              "ref_face_valid": ((2,), np.bool_),
-              "record_index": ((2,), np.int64), "epoch": ((2,), np.int64)}
+  expected = {
+    "target_images": ((2, 1, 32, 32, 3), np.uint8),
+    "ref_image": ((2, 32, 32, 3), np.uint8),
+    "ref_face": ((2, f, f, 3), np.uint8),
+    "ref_face_valid": ((2,), np.bool_),
+    "record_index": ((2,), np.int64),
+    "epoch": ((2,), np.int64),
+  }
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == expected
 
 
@@ -58,12 +63,15 @@ def test_same_seed_same_batches_and_epochs_differ(studio):
   assert order[0] != order[1]  # a new permutation per epoch
   # The reference crop is re-augmented each epoch; the target is not.
   first = {int(x["record_index"]): x for x in by_epoch[0]}
-  changed = [not np.array_equal(x["ref_image"], first[int(x["record_index"])]["ref_image"])
-             for x in by_epoch[1]]
+  changed = [
+    not np.array_equal(x["ref_image"], first[int(x["record_index"])]["ref_image"])
+    for x in by_epoch[1]
+  ]
   assert np.mean(changed) > 0.8
   for x in by_epoch[1]:
-    np.testing.assert_array_equal(x["target_images"],
-                                  first[int(x["record_index"])]["target_images"])
+    np.testing.assert_array_equal(
+      x["target_images"], first[int(x["record_index"])]["target_images"]
+    )
   cfg.seed = 1
   c = _take(pipelines.make_iterator(cfg, process_index=0, process_count=1), 4)
   assert not all(_same(x, y) for x, y in zip(a, c))
@@ -95,7 +103,7 @@ def test_processes_cover_each_example_once_per_epoch(studio, processes):
 
 def test_restored_iterator_yields_the_following_batches(studio):
   cfg = _p1(studio)
-  it = pipelines.make_iterator(cfg, process_index=1, process_count=2,)
+  it = pipelines.make_iterator(cfg, process_index=1, process_count=2)
   _take(it, 3)
   state = pipelines.save_state(it)
   expected = _take(it, 5)
@@ -127,10 +135,15 @@ def test_filters_drop_what_they_should(studio):
   cfg.filters.require_face = True
   src = sources.ArrayRecordSource(cfg.path)
   records = [schemas.decode_image_record(src[i]["bytes"]) for i in range(len(src))]
-  keep = {i for i, r in enumerate(records)
-          if r["detection_confidence"] >= 0.6 and r["quality"] >= 0.4
-          and r["face_box"][2] > 0 and r["visibility"] >= 0.5
-          and r["person_box"][3] / r["height"] >= 0.2}
+  keep = {
+    i
+    for i, r in enumerate(records)
+    if r["detection_confidence"] >= 0.6
+    and r["quality"] >= 0.4
+    and r["face_box"][2] > 0
+    and r["visibility"] >= 0.5
+    and r["person_box"][3] / r["height"] >= 0.2
+  }
   assert 0 < len(keep) < len(src)
   it = pipelines.make_iterator(cfg, process_index=0, process_count=1, batch=False)
   emitted = []
@@ -154,7 +167,7 @@ def _corrupt_copy(studio, tmp_path):
   path = d / shards[0]["file"]
   data = bytearray(path.read_bytes())
   at = data.index(b"PPR1", data.index(b"PPR1", data.index(b"PPR1") + 1) + 1) + 100
-  data[at:at + 64] = bytes(b ^ 0xFF for b in data[at:at + 64])
+  data[at : at + 64] = bytes(b ^ 0xFF for b in data[at : at + 64])
   path.write_bytes(bytes(data))
   # ... and cut another one short (it no longer opens).
   path = d / shards[-1]["file"]
@@ -179,8 +192,9 @@ def test_corrupted_shards_are_survived_counted_and_logged(studio, tmp_path, capl
   assert counts["corrupt"] == len(bad)
   assert sorted(got) == sorted(set(range(len(src))) - set(bad))
   assert shards[-1]["file"] in caplog.text and "skipping corrupt record" in caplog.text
-  assert (f"{shards[-1]['file']}: truncated, 100 bytes on disk but index.json "
-          f"lists {shards[-1]['bytes']}") in caplog.text
+  assert (
+    f"{shards[-1]['file']}: truncated, 100 bytes on disk but index.json lists {shards[-1]['bytes']}"
+  ) in caplog.text
 
 
 def test_too_many_corrupt_records_fail_clearly(studio, tmp_path):
@@ -198,8 +212,11 @@ def test_corrupt_image_inside_a_valid_record(tmp_path, studio, caplog):
     raw = src[i]["bytes"]
     if i in (3, 5):
       rec = schemas.decode_image_record(raw)
-      rec["image"] = (rec["image"][:50] if i == 3  # truncated PNG
-                      else schemas.encode_image(np.zeros((1, 1, 3), np.uint8)))
+      rec["image"] = (
+        rec["image"][:50]
+        if i == 3  # truncated PNG
+        else schemas.encode_image(np.zeros((1, 1, 3), np.uint8))
+      )
       raw = schemas.encode_image_record(rec)
     return raw
 
@@ -210,13 +227,15 @@ def test_corrupt_image_inside_a_valid_record(tmp_path, studio, caplog):
     got = {int(next(it)["record_index"]) for _ in range(6)}
   assert got == {0, 1, 2, 4, 6, 7}
   assert pipelines.skip_counts(it)["corrupt"] == 2
-  assert ("image of train-00001-of-00002.array_record#1: 1x1 pixels, too "
-          "small (both sides must be at least schemas.MIN_IMAGE_SIDE=16 px)"
-          ) in caplog.text
+  assert (
+    "image of train-00001-of-00002.array_record#1: 1x1 pixels, too "
+    "small (both sides must be at least schemas.MIN_IMAGE_SIDE=16 px)"
+  ) in caplog.text
 
 
 class _SomeCorrupt:
   """32 px image records; those in `bad` are unreadable."""
+
   kind = "image"
 
   def __init__(self, n, bad):
@@ -231,21 +250,30 @@ class _SomeCorrupt:
     return self.records[i]
 
 
-@pytest.mark.parametrize("n, bad, process, processes, fails_at", [
+@pytest.mark.parametrize(
+  "n, bad, process, processes, fails_at",
+  [
     # Large: 5 corrupt records first, no failure before 50 were read.
     (1000, range(5), 0, 1, 50),
     # Smaller than corrupt_min_records: checked once a whole epoch was read.
     (3, [0], 0, 1, 3),
     (5, [1], 1, 2, 2),  # process 1 of 2 reads records 1 and 3 per epoch
-])
+  ],
+)
 def test_corrupt_fraction_counts_after_min_records_or_one_epoch(
-    n, bad, process, processes, fails_at):
-  cfg = data_config("p1", "", shuffle=False, filters=NO_FILTERS,
-                    corrupt_threshold=0.01,
-                    corrupt_min_records=50 if n > 50 else 200)
-  it = pipelines.make_iterator(cfg, process_index=process,
-                               process_count=processes, batch=False,
-                               source=_SomeCorrupt(n, bad))
+  n, bad, process, processes, fails_at
+):
+  cfg = data_config(
+    "p1",
+    "",
+    shuffle=False,
+    filters=NO_FILTERS,
+    corrupt_threshold=0.01,
+    corrupt_min_records=50 if n > 50 else 200,
+  )
+  it = pipelines.make_iterator(
+    cfg, process_index=process, process_count=processes, batch=False, source=_SomeCorrupt(n, bad)
+  )
   emitted = 0
   with pytest.raises(pipelines.CorruptDataError) as e:
     for _ in range(2 * n):
@@ -255,9 +283,10 @@ def test_corrupt_fraction_counts_after_min_records_or_one_epoch(
   assert pipelines.skip_counts(it)["seen"] == fails_at
   assert emitted == fails_at - corrupt - 1  # the last one read was good
   assert str(e.value).startswith(
-      f"{corrupt} of {fails_at} records read were corrupt "
-      f"({corrupt / fails_at:.1%} > data.corrupt_threshold=1.0%); last: "
-      f"x#{max(bad)}: x#{max(bad)}: unreadable record (damaged)")
+    f"{corrupt} of {fails_at} records read were corrupt "
+    f"({corrupt / fails_at:.1%} > data.corrupt_threshold=1.0%); last: "
+    f"x#{max(bad)}: x#{max(bad)}: unreadable record (damaged)"
+  )
 
 
 def test_config_errors_are_clear(studio):

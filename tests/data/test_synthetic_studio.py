@@ -1,10 +1,8 @@
 """The synthetic studio: deterministic, calibrated, with exact masks and head pose."""
+
 import numpy as np
 
-from pippo_jax.data_pipelines import figures
-from pippo_jax.data_pipelines import imageops
-from pippo_jax.data_pipelines import raycast
-from pippo_jax.data_pipelines import schemas
+from pippo_jax.data_pipelines import figures, imageops, raycast, schemas
 from pippo_jax.data_pipelines import synthetic_studio as ss
 from pippo_jax.geometry import cameras
 
@@ -28,8 +26,9 @@ def test_dome_cameras_are_valid_and_all_around():
   centres = cameras.camera_centers(E)
   azimuth = np.degrees(np.arctan2(centres[:, 1], centres[:, 0])) % 360
   assert np.histogram(azimuth, bins=8, range=(0, 360))[0].min() >= 3
-  elevation = np.degrees(np.arcsin((centres[:, 2] - 0.95) / np.linalg.norm(
-      centres - [0, 0, 0.95], axis=1)))
+  elevation = np.degrees(
+    np.arcsin((centres[:, 2] - 0.95) / np.linalg.norm(centres - [0, 0, 0.95], axis=1))
+  )
   assert elevation.min() < 0 and elevation.max() > 40
   # Every camera sees the subject near its image centre.
   uv, depth = cameras.project_points(K, E, np.array([[0, 0, 0.95]]))
@@ -64,16 +63,18 @@ def test_masks_are_exact():
 
 def test_front_and_back_of_the_head_differ():
   """Eyes (albedo 0.95 sclera) show from the front only."""
-  flat = {"ambient": np.ones(3), "sky": np.zeros(3),
-          "directions": np.zeros((0, 3)), "powers": np.zeros((0, 3))}
+  flat = {
+    "ambient": np.ones(3),
+    "sky": np.zeros(3),
+    "directions": np.zeros((0, 3)),
+    "powers": np.zeros((0, 3)),
+  }
   for subject in range(4):
     figure, _ = ss.subject_figure(0, subject, 0)
     hp, hr = figure["head_point"], figure["head_rotation"]
-    E = np.stack([ss.look_at(hp + 0.8 * hr[:, 2], hp),
-                  ss.look_at(hp - 0.8 * hr[:, 2], hp)])
+    E = np.stack([ss.look_at(hp + 0.8 * hr[:, 2], hp), ss.look_at(hp - 0.8 * hr[:, 2], hp)])
     K = np.stack([cameras.make_K(200, 200, 32, 32)] * 2)
-    out = raycast.render(figure["prims"], K, E, 64, 64, flat,
-                         np.zeros((64, 64, 3), np.uint8))
+    out = raycast.render(figure["prims"], K, E, 64, 64, flat, np.zeros((64, 64, 3), np.uint8))
     sclera = (out["image"] == round(0.95 * 255)).all(-1).sum((1, 2))
     assert sclera[0] > 4 and sclera[1] == 0
 

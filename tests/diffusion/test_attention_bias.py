@@ -3,6 +3,7 @@
 The scale itself lives in pippo_jax.models.attention; these tests check it against
 the spec's formula and its effect on the entropy of softmax(scale q k^T).
 """
+
 import math
 
 import numpy as np
@@ -27,17 +28,16 @@ def _entropy(scale, tokens, head_dim=64, heads=4, queries=64, seed=0):
   return float(-(p * np.log(np.maximum(p, 1e-300))).sum(-1).mean())
 
 
-@pytest.mark.parametrize("d,n_v,views,train,gamma", [
-    (64, 256, 13, 5, 1.4), (32, 64, 49, 25, 1.0), (64, 1024, 3, 3, 1.6)])
+@pytest.mark.parametrize(
+  "d,n_v,views,train,gamma", [(64, 256, 13, 5, 1.4), (32, 64, 49, 25, 1.0), (64, 1024, 3, 3, 1.6)]
+)
 def test_scale_matches_formula(d, n_v, views, train, gamma):
   expected = math.sqrt(gamma * math.log(n_v * views) / math.log(n_v * train) / d)
-  assert biased_attention_scale(d, n_v, views, train, gamma) == pytest.approx(
-      expected, rel=1e-12)
+  assert biased_attention_scale(d, n_v, views, train, gamma) == pytest.approx(expected, rel=1e-12)
 
 
 def test_same_views_gamma_one_is_the_standard_scale():
-  assert biased_attention_scale(64, 256, 5, 5, 1.0) == pytest.approx(1 / 8.0,
-                                                                     rel=1e-12)
+  assert biased_attention_scale(64, 256, 5, 5, 1.0) == pytest.approx(1 / 8.0, rel=1e-12)
   e_std = _entropy(1 / 8.0, 5 * 64)
   e_biased = _entropy(biased_attention_scale(64, 64, 5, 5, 1.0), 5 * 64)
   assert e_biased == pytest.approx(e_std, abs=1e-12)
@@ -48,8 +48,7 @@ def test_more_views_than_trained_lowers_entropy(gamma):
   n_v, train_views, views = 64, 5, 25  # 4 + 1 trained -> 24 + 1 at sampling
   tokens = n_v * views
   e_std = _entropy(1 / 8.0, tokens)
-  e_biased = _entropy(biased_attention_scale(64, n_v, views, train_views, gamma),
-                      tokens)
+  e_biased = _entropy(biased_attention_scale(64, n_v, views, train_views, gamma), tokens)
   assert e_biased < e_std - 0.1, (e_biased, e_std)
   # and it moves the entropy back towards its value at the trained length
   e_train = _entropy(1 / 8.0, n_v * train_views)

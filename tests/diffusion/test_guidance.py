@@ -1,4 +1,5 @@
 """Classifier-free guidance: drop sampling, pass layout and combination."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,45 +51,48 @@ def test_pass_layout():
 
 
 def test_triangular_weights():
-  np.testing.assert_allclose(guidance.triangular_view_weights(4),
-                             [0, 0.5, 1, 0.5])
-  np.testing.assert_allclose(guidance.triangular_view_weights(8),
-                             [0, .25, .5, .75, 1, .75, .5, .25])
+  np.testing.assert_allclose(guidance.triangular_view_weights(4), [0, 0.5, 1, 0.5])
+  np.testing.assert_allclose(
+    guidance.triangular_view_weights(8), [0, 0.25, 0.5, 0.75, 1, 0.75, 0.5, 0.25]
+  )
 
 
-@pytest.mark.parametrize("scales,phi,triangular", [
+@pytest.mark.parametrize(
+  "scales,phi,triangular",
+  [
     ((3.0,), 0.0, False),
     ((2.0, 4.0, 1.5), 0.0, False),
     ((2.0, 4.0), 0.7, False),
     ((2.5, 3.0), 0.0, True),
     ((2.5,), 1.0, True),
-])
+  ],
+)
 def test_combination_matches_reference(scales, phi, triangular):
   outs = np.random.default_rng(0).standard_normal((len(scales) + 1,) + SHAPE)
-  got = guidance.combine_guidance(jnp.asarray(outs, jnp.float32), scales,
-                                  rescale=phi, triangular=triangular)
-  np.testing.assert_allclose(got, _reference_combine(outs, scales, phi,
-                                                     triangular),
-                             rtol=1e-5, atol=1e-5)
+  got = guidance.combine_guidance(
+    jnp.asarray(outs, jnp.float32), scales, rescale=phi, triangular=triangular
+  )
+  np.testing.assert_allclose(
+    got, _reference_combine(outs, scales, phi, triangular), rtol=1e-5, atol=1e-5
+  )
 
 
 def test_combination_special_cases():
   outs = np.random.default_rng(1).standard_normal((4,) + SHAPE)
   j = jnp.asarray(outs, jnp.float32)
   # equal scales -> plain CFG between fully unconditional and conditional
-  np.testing.assert_allclose(guidance.combine_guidance(j, (3.0,) * 3),
-                             outs[0] + 3 * (outs[3] - outs[0]), atol=1e-5)
+  np.testing.assert_allclose(
+    guidance.combine_guidance(j, (3.0,) * 3), outs[0] + 3 * (outs[3] - outs[0]), atol=1e-5
+  )
   # unit scales -> the conditional output
-  np.testing.assert_allclose(guidance.combine_guidance(j, (1.0,) * 3), outs[3],
-                             atol=1e-5)
+  np.testing.assert_allclose(guidance.combine_guidance(j, (1.0,) * 3), outs[3], atol=1e-5)
   # full rescale -> per-(sample, view) std equal to the conditional one
   got = np.asarray(guidance.combine_guidance(j, (5.0, 2.0, 3.0), rescale=1.0))
-  np.testing.assert_allclose(got.std(axis=(2, 3, 4)),
-                             outs[3].std(axis=(2, 3, 4)), rtol=1e-5)
+  np.testing.assert_allclose(got.std(axis=(2, 3, 4)), outs[3].std(axis=(2, 3, 4)), rtol=1e-5)
 
 
 def _toy_model(cond):
-  """out = 0.5 x + sum over kept groups of cond[g] (batch-B conditioning)."""
+  """Out = 0.5 x + sum over kept groups of cond[g] (batch-B conditioning)."""
   calls = []
 
   def model_fn(x_t, t, drop):
@@ -105,8 +109,9 @@ def _toy_model(cond):
 
 def test_guided_eps_fn_one_call_and_closed_form():
   rng = np.random.default_rng(2)
-  cond = {g: jnp.asarray(rng.standard_normal(SHAPE), jnp.float32)
-          for g in guidance.CONDITION_GROUPS}
+  cond = {
+    g: jnp.asarray(rng.standard_normal(SHAPE), jnp.float32) for g in guidance.CONDITION_GROUPS
+  }
   x = jnp.asarray(rng.standard_normal(SHAPE), jnp.float32)
   t = jnp.array([10, 500], jnp.int32)
   model_fn, calls = _toy_model(cond)
@@ -126,30 +131,32 @@ def test_guided_eps_fn_one_call_and_closed_form():
 
 def test_guided_and_unguided_share_one_compilation():
   rng = np.random.default_rng(3)
-  cond = {g: jnp.asarray(rng.standard_normal(SHAPE), jnp.float32)
-          for g in guidance.CONDITION_GROUPS}
+  cond = {
+    g: jnp.asarray(rng.standard_normal(SHAPE), jnp.float32) for g in guidance.CONDITION_GROUPS
+  }
   x = jnp.asarray(rng.standard_normal(SHAPE), jnp.float32)
   t = jnp.array([3, 900], jnp.int32)
   model_fn, _ = _toy_model(cond)
 
   @jax.jit
   def eps(scales, phi, x, t):
-    fn = guidance.guided_eps_fn(model_fn, {"ref": scales[0], "cam": scales[1],
-                                           "control": scales[2]}, rescale=phi)
+    fn = guidance.guided_eps_fn(
+      model_fn, {"ref": scales[0], "cam": scales[1], "control": scales[2]}, rescale=phi
+    )
     return fn(x, t)
 
   guided = eps(jnp.array([2.0, 3.0, 4.0]), 0.5, x, t)
   unguided = eps(jnp.array([1.0, 1.0, 1.0]), 0.0, x, t)
   assert eps._cache_size() == 1
-  np.testing.assert_allclose(unguided, model_fn(x, t, guidance.no_drops(B)),
-                             atol=1e-5)
+  np.testing.assert_allclose(unguided, model_fn(x, t, guidance.no_drops(B)), atol=1e-5)
   assert float(jnp.max(jnp.abs(guided - unguided))) > 0.1
 
 
 def test_guided_sampling_with_unit_scales_equals_conditional_sampling():
   rng = np.random.default_rng(4)
-  cond = {g: jnp.asarray(0.1 * rng.standard_normal(SHAPE), jnp.float32)
-          for g in guidance.CONDITION_GROUPS}
+  cond = {
+    g: jnp.asarray(0.1 * rng.standard_normal(SHAPE), jnp.float32) for g in guidance.CONDITION_GROUPS
+  }
   model_fn, calls = _toy_model(cond)
   x_T = jnp.asarray(rng.standard_normal(SHAPE), jnp.float32)
   key, sched = jax.random.key(0), cosine_schedule()

@@ -1,4 +1,5 @@
 """DDIM sampler against a float64 NumPy reference written from the formulas."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,8 +39,7 @@ def test_plan_uses_abar0_at_last_step():
   abar = _abar64()
   np.testing.assert_array_equal(plan.timesteps, (1 + 33 * np.arange(31))[::-1])
   np.testing.assert_allclose(plan.alphas, abar[plan.timesteps], rtol=1e-6)
-  np.testing.assert_allclose(plan.alphas_prev[:-1], abar[plan.timesteps[1:]],
-                             rtol=1e-6)
+  np.testing.assert_allclose(plan.alphas_prev[:-1], abar[plan.timesteps[1:]], rtol=1e-6)
   np.testing.assert_allclose(plan.alphas_prev[-1], abar[0], rtol=1e-7)
   a, ap = abar[plan.timesteps], plan.alphas_prev
   sigma = 0.1 * np.sqrt((1 - ap) / (1 - a) * (1 - a / ap))
@@ -54,10 +54,10 @@ def test_step_matches_reference():
   sigma = eta * np.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
   j = lambda v: jnp.asarray(v, jnp.float32)
   x_prev, x0 = sampler.ddim_step(j(x), j(eps), a, a_prev, sigma, j(z))
-  np.testing.assert_allclose(x_prev, _reference_step(x, eps, a, a_prev, eta, z),
-                             rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(x0, (x - np.sqrt(1 - a) * eps) / np.sqrt(a),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    x_prev, _reference_step(x, eps, a, a_prev, eta, z), rtol=1e-5, atol=1e-5
+  )
+  np.testing.assert_allclose(x0, (x - np.sqrt(1 - a) * eps) / np.sqrt(a), rtol=1e-5, atol=1e-5)
 
 
 def _linear_eps(x, t):
@@ -68,8 +68,9 @@ def _linear_eps(x, t):
 
 def test_deterministic_ddim_matches_reference_loop():
   x_T = np.random.default_rng(1).standard_normal(SHAPE)
-  got = sampler.ddim_sample(_linear_eps, jnp.asarray(x_T, jnp.float32),
-                            jax.random.key(0), SCHED, 30, eta=0.0)
+  got = sampler.ddim_sample(
+    _linear_eps, jnp.asarray(x_T, jnp.float32), jax.random.key(0), SCHED, 30, eta=0.0
+  )
   abar, x = _abar64(), x_T.copy()
   steps = (1 + 33 * np.arange(31))[::-1]
   for i, t in enumerate(steps):
@@ -98,8 +99,9 @@ def _oracle_v(x_t, t):
 
 
 def test_oracle_denoiser_recovers_x0():
-  x, x0_preds = sampler.ddim_sample(_oracle_eps, X_T, jax.random.key(1), SCHED,
-                                    30, eta=0.1, return_x0_preds=True)
+  x, x0_preds = sampler.ddim_sample(
+    _oracle_eps, X_T, jax.random.key(1), SCHED, 30, eta=0.1, return_x0_preds=True
+  )
   assert x0_preds.shape == (31,) + SHAPE
   # every step's x0 estimate is x0 (up to float32 rounding / sqrt(abar_991));
   # measured 8e-6
@@ -113,25 +115,22 @@ def test_oracle_denoiser_recovers_x0():
 
 def test_v_parameterization_equals_eps():
   key = jax.random.key(4)
-  x_eps, _ = sampler.ddim_sample(_oracle_eps, X_T, key, SCHED, 30, 0.1,
-                                 return_x0_preds=True)
-  x_v = sampler.ddim_sample(_oracle_v, X_T, key, SCHED, 30, 0.1,
-                            parameterization="v")
+  x_eps, _ = sampler.ddim_sample(_oracle_eps, X_T, key, SCHED, 30, 0.1, return_x0_preds=True)
+  x_v = sampler.ddim_sample(_oracle_v, X_T, key, SCHED, 30, 0.1, parameterization="v")
   np.testing.assert_allclose(x_v, x_eps, atol=1e-4)
-  x_x0 = sampler.ddim_sample(lambda x, t: jnp.broadcast_to(X0, x.shape), X_T, key, SCHED, 30,
-                             0.1, parameterization="x0")
+  x_x0 = sampler.ddim_sample(
+    lambda x, t: jnp.broadcast_to(X0, x.shape), X_T, key, SCHED, 30, 0.1, parameterization="x0"
+  )
   np.testing.assert_allclose(x_x0, x_eps, atol=1e-4)
 
 
 def test_sampling_is_deterministic_given_key():
-  run = lambda key, eta: sampler.ddim_sample(_linear_eps, X_T, key, SCHED, 30,
-                                             eta)
+  run = lambda key, eta: sampler.ddim_sample(_linear_eps, X_T, key, SCHED, 30, eta)
   a, b = run(jax.random.key(7), 0.1), run(jax.random.key(7), 0.1)
   np.testing.assert_array_equal(a, b)
   c = run(jax.random.key(8), 0.1)
   assert float(jnp.max(jnp.abs(a - c))) > 1e-3
-  np.testing.assert_array_equal(run(jax.random.key(7), 0.0),
-                                run(jax.random.key(8), 0.0))
+  np.testing.assert_array_equal(run(jax.random.key(7), 0.0), run(jax.random.key(8), 0.0))
 
 
 def test_runs_inside_an_outer_jit_with_traced_closure():
@@ -139,10 +138,8 @@ def test_runs_inside_an_outer_jit_with_traced_closure():
 
   @jax.jit
   def sample(gain, x_T, key):
-    return sampler.ddim_sample(lambda x, t: gain * _linear_eps(x, t), x_T, key,
-                               SCHED, 10, 0.1)
+    return sampler.ddim_sample(lambda x, t: gain * _linear_eps(x, t), x_T, key, SCHED, 10, 0.1)
 
   key = jax.random.key(9)
-  eager = sampler.ddim_sample(lambda x, t: 1.5 * _linear_eps(x, t), x_T, key,
-                              SCHED, 10, 0.1)
+  eager = sampler.ddim_sample(lambda x, t: 1.5 * _linear_eps(x, t), x_T, key, SCHED, 10, 0.1)
   np.testing.assert_allclose(sample(1.5, x_T, key), eager, rtol=1e-5, atol=1e-5)

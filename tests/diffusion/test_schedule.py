@@ -1,4 +1,5 @@
 """Cosine schedule and q_sample against float64 NumPy references."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -21,14 +22,13 @@ def test_cosine_schedule_matches_formula():
   assert sched.alphas_cumprod.dtype == jnp.float32
   np.testing.assert_allclose(sched.betas, betas, rtol=1e-6, atol=1e-9)
   np.testing.assert_allclose(sched.alphas_cumprod, abar, rtol=2e-6, atol=1e-12)
-  np.testing.assert_allclose(sched.sqrt_alphas_cumprod, np.sqrt(abar),
-                             rtol=2e-6, atol=1e-9)
+  np.testing.assert_allclose(sched.sqrt_alphas_cumprod, np.sqrt(abar), rtol=2e-6, atol=1e-9)
   # sqrt(1 - abar) is taken from float32 abar (release numerics): near t = 0
   # the cancellation costs up to ~half an ulp of 1 / (2 sqrt(1 - abar)) ~ 5e-6.
-  np.testing.assert_allclose(sched.sqrt_one_minus_alphas_cumprod,
-                             np.sqrt(1 - abar), rtol=2e-6, atol=5e-6)
-  np.testing.assert_allclose(sched.alphas_cumprod_prev[1:], abar[:-1],
-                             rtol=2e-6)
+  np.testing.assert_allclose(
+    sched.sqrt_one_minus_alphas_cumprod, np.sqrt(1 - abar), rtol=2e-6, atol=5e-6
+  )
+  np.testing.assert_allclose(sched.alphas_cumprod_prev[1:], abar[:-1], rtol=2e-6)
   assert sched.alphas_cumprod_prev[0] == 1.0
 
 
@@ -56,18 +56,16 @@ def test_q_sample_broadcasts_one_t_per_sample():
   _, abar = _reference_abar()
   a = abar[t].reshape(3, 1, 1, 1, 1)
   expected = np.sqrt(a) * x0 + np.sqrt(1 - a) * noise
-  got = schedule_lib.q_sample(sched, jnp.asarray(x0), jnp.asarray(t),
-                              jnp.asarray(noise))
+  got = schedule_lib.q_sample(sched, jnp.asarray(x0), jnp.asarray(t), jnp.asarray(noise))
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=2e-5)
   with pytest.raises(ValueError, match=r"t must have shape \[B\]"):
-    schedule_lib.q_sample(sched, jnp.asarray(x0), jnp.zeros((3, 4), jnp.int32),
-                          jnp.asarray(noise))
+    schedule_lib.q_sample(sched, jnp.asarray(x0), jnp.zeros((3, 4), jnp.int32), jnp.asarray(noise))
 
 
 def test_q_sample_matches_release_golden(golden_dir):
   inputs = np.load(golden_dir / "inputs.npz")
   sched = schedule_lib.cosine_schedule()
-  got = schedule_lib.q_sample(sched, jnp.asarray(inputs["x_0"]),
-                              jnp.asarray(inputs["t"]),
-                              jnp.asarray(inputs["noise"]))
+  got = schedule_lib.q_sample(
+    sched, jnp.asarray(inputs["x_0"]), jnp.asarray(inputs["t"]), jnp.asarray(inputs["noise"])
+  )
   np.testing.assert_allclose(got, inputs["x_t"], rtol=1e-6, atol=1e-6)

@@ -1,15 +1,25 @@
 """Guidance and sampling wired to the real Pippo denoiser (small random model)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from models.test_model import perturbed_params, random_inputs
 
 from pippo_jax.diffusion import guidance, sampler, schedule
 from pippo_jax.models.config import ModelConfig
 from pippo_jax.models.pippo import Pippo
-from models.test_model import perturbed_params, random_inputs
 
-CFG = ModelConfig(width=32, depth=2, num_heads=2, latent_size=8, image_size=32, num_views=2,
-                  cam_mlp_hidden=16, remat_policy="none", attention_impl="xla")
+CFG = ModelConfig(
+  width=32,
+  depth=2,
+  num_heads=2,
+  latent_size=8,
+  image_size=32,
+  num_views=2,
+  cam_mlp_hidden=16,
+  remat_policy="none",
+  attention_impl="xla",
+)
 
 
 def make_model_fn(params, cond, batch, biasing=False):

@@ -1,4 +1,5 @@
 """Spatial Anchor rendering: position, orientation, size and visibility."""
+
 import numpy as np
 import pytest
 
@@ -14,8 +15,7 @@ def _head_rotation():
 
 
 def _cameras():
-  return orbits.turntable_cameras(6, 1.5, image_hw=(H, W), fov_deg=35.0,
-                                  elevations_deg=(10.0,))
+  return orbits.turntable_cameras(6, 1.5, image_hw=(H, W), fov_deg=35.0, elevations_deg=(10.0,))
 
 
 def _centroid(weight):
@@ -41,8 +41,7 @@ def test_marker_is_drawn_where_the_head_projects():
 def test_axes_point_along_the_projected_head_axes():
   K, E = _cameras()
   c = 1
-  img = anchors.render_spatial_anchor(K[c], E[c], HEAD, _head_rotation(), H, W,
-                                      radius=0.01)
+  img = anchors.render_spatial_anchor(K[c], E[c], HEAD, _head_rotation(), H, W, radius=0.01)
   tips = HEAD + 0.12 * _head_rotation().T  # rows: tips of the x, y, z axes
   uv = cameras.project_points(K[c], E[c], np.stack([HEAD, tips[0], tips[1]]))[0]
   for axis, channel in ((1, 0), (2, 1)):  # x axis red, y axis green
@@ -76,9 +75,11 @@ def test_batched_rendering_and_errors():
   imgs = anchors.render_spatial_anchors(K, E, HEAD, _head_rotation(), H, W)
   assert imgs.shape == (6, H, W, 3)
   np.testing.assert_array_equal(
-      imgs[2], anchors.render_spatial_anchor(K[2], E[2], HEAD, _head_rotation(), H, W))
+    imgs[2], anchors.render_spatial_anchor(K[2], E[2], HEAD, _head_rotation(), H, W)
+  )
   bad = E.copy()
   bad[3, 0, 3] = np.nan
   with pytest.raises(ValueError, match=r"camera 'cam3': E contains NaN"):
-    anchors.render_spatial_anchors(K, bad, HEAD, np.eye(3), H, W,
-                                   names=[f"cam{i}" for i in range(6)])
+    anchors.render_spatial_anchors(
+      K, bad, HEAD, np.eye(3), H, W, names=[f"cam{i}" for i in range(6)]
+    )

@@ -1,4 +1,5 @@
 """Camera convention, projection, crops, converters and validation."""
+
 import json
 
 import jax
@@ -53,14 +54,12 @@ def test_projection_matches_formula_batched():
 
 def _blob(uv0, height, width, sigma=3.0):
   """An image of a Gaussian spot centred at uv0, sampled at pixel centres."""
-  v, u = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5,
-                     indexing="ij")
+  v, u = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
   return np.exp(-((u - uv0[0]) ** 2 + (v - uv0[1]) ** 2) / (2 * sigma**2))
 
 
 def _centroid(img):
-  v, u = np.meshgrid(np.arange(img.shape[0]) + 0.5, np.arange(img.shape[1]) + 0.5,
-                     indexing="ij")
+  v, u = np.meshgrid(np.arange(img.shape[0]) + 0.5, np.arange(img.shape[1]) + 0.5, indexing="ij")
   return np.array([(u * img).sum(), (v * img).sum()]) / img.sum()
 
 
@@ -77,8 +76,7 @@ def test_crop_and_resize_keeps_projection_consistent():
   np.testing.assert_allclose(_centroid(small), uv2[0], atol=1e-3)  # 2e-6 measured
   # a half-pixel convention error would move it by 0.25 px
   assert np.abs(_centroid(small) - (uv[0] - [100, 150]) * 0.5).max() < 0.02
-  np.testing.assert_allclose(
-      cameras.resize_intrinsics(K, (800, 600), (400, 300))[:2], K[:2] * 0.5)
+  np.testing.assert_allclose(cameras.resize_intrinsics(K, (800, 600), (400, 300))[:2], K[:2] * 0.5)
 
 
 def test_camera_pose_16_is_row_major():
@@ -89,8 +87,7 @@ def test_camera_pose_16_is_row_major():
   np.testing.assert_allclose(pose.reshape(4, 4), E, rtol=1e-6, atol=1e-7)
   c2w = cameras.camera_pose_16(np.stack([E, E]), kind="camera_to_world")
   assert c2w.shape == (2, 16)
-  np.testing.assert_allclose(c2w[0, [3, 7, 11]], cameras.camera_centers(E),
-                             rtol=1e-6)
+  np.testing.assert_allclose(c2w[0, [3, 7, 11]], cameras.camera_centers(E), rtol=1e-6)
   with pytest.raises(ValueError, match="kind"):
     cameras.camera_pose_16(E, kind="pose")
 
@@ -98,8 +95,8 @@ def test_camera_pose_16_is_row_major():
 def test_opengl_round_trip_and_semantics():
   _, E = _camera(6)
   np.testing.assert_allclose(
-      cameras.opengl_c2w_to_opencv_E(cameras.opencv_E_to_opengl_c2w(E)), E,
-      atol=1e-12)
+    cameras.opengl_c2w_to_opencv_E(cameras.opencv_E_to_opengl_c2w(E)), E, atol=1e-12
+  )
   # an OpenGL camera at the origin looks down -z with y up
   E_cv = cameras.opengl_c2w_to_opencv_E(np.eye(4))
   K = cameras.make_K(100, 100, 50, 50)
@@ -113,8 +110,7 @@ def test_opengl_round_trip_and_semantics():
 def test_colmap_round_trip():
   q = np.array([np.cos(np.pi / 4), 0, 0, np.sin(np.pi / 4)])  # 90 deg about z
   E = cameras.colmap_to_E(q, [1.0, 2.0, 3.0])
-  np.testing.assert_allclose(E[:3, :3], [[0, -1, 0], [1, 0, 0], [0, 0, 1]],
-                             atol=1e-12)
+  np.testing.assert_allclose(E[:3, :3], [[0, -1, 0], [1, 0, 0], [0, 0, 1]], atol=1e-12)
   for seed in range(5):
     _, E = _camera(seed)
     q, t = cameras.E_to_colmap(E)
@@ -122,12 +118,13 @@ def test_colmap_round_trip():
     np.testing.assert_allclose(cameras.colmap_to_E(q, t), E, atol=1e-12)
   R180 = np.diag([1.0, -1.0, -1.0])  # 180 degrees about x
   q180 = cameras.rotation_to_quaternion(R180)
-  np.testing.assert_allclose(cameras.quaternion_to_rotation(q180), R180,
-                             atol=1e-12)
-  np.testing.assert_allclose(cameras.colmap_camera_to_K("PINHOLE", [5, 6, 7, 8]),
-                             [[5, 0, 7], [0, 6, 8], [0, 0, 1]])
+  np.testing.assert_allclose(cameras.quaternion_to_rotation(q180), R180, atol=1e-12)
   np.testing.assert_allclose(
-      cameras.colmap_camera_to_K("SIMPLE_PINHOLE", [5, 7, 8])[:2, :2], np.eye(2) * 5)
+    cameras.colmap_camera_to_K("PINHOLE", [5, 6, 7, 8]), [[5, 0, 7], [0, 6, 8], [0, 0, 1]]
+  )
+  np.testing.assert_allclose(
+    cameras.colmap_camera_to_K("SIMPLE_PINHOLE", [5, 7, 8])[:2, :2], np.eye(2) * 5
+  )
   with pytest.raises(ValueError, match="undistort"):
     cameras.colmap_camera_to_K("OPENCV", [5, 6, 7, 8, 0.1, 0, 0, 0])
 
@@ -135,8 +132,7 @@ def test_colmap_round_trip():
 def test_krt_round_trip_and_layout():
   K0, E0 = _camera(7)
   K1, E1 = _camera(8)
-  krt = cameras.KE_to_krt(np.stack([K0, K1]), np.stack([E0, E1]),
-                          ["400029", "400030"])
+  krt = cameras.KE_to_krt(np.stack([K0, K1]), np.stack([E0, E1]), ["400029", "400030"])
   entry = krt["KRT"][0]
   assert entry["cameraId"] == "400029"
   assert entry["K"][2][0] == K0[0, 2] and entry["K"][0][2] == 0.0  # K^T

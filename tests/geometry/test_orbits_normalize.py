@@ -1,4 +1,5 @@
 """Turntable orbits, camera JSON files and head-centred scene normalisation."""
+
 import json
 
 import numpy as np
@@ -18,19 +19,20 @@ def _head_rotation():
 
 
 def _angle(a, b):
-  return np.degrees(np.arccos(np.clip(a @ b / np.linalg.norm(a) / np.linalg.norm(b),
-                                      -1, 1)))
+  return np.degrees(np.arccos(np.clip(a @ b / np.linalg.norm(a) / np.linalg.norm(b), -1, 1)))
 
 
 def test_turntable_looks_at_the_head_and_is_evenly_spaced():
   Hr = _head_rotation()
-  K, E = orbits.turntable_cameras(12, 2.0, HEAD, Hr, elevations_deg=(0.0, 20.0),
-                                  image_hw=(512, 384), fov_deg=30.0)
+  K, E = orbits.turntable_cameras(
+    12, 2.0, HEAD, Hr, elevations_deg=(0.0, 20.0), image_hw=(512, 384), fov_deg=30.0
+  )
   assert K.shape == (24, 3, 3) and E.shape == (24, 4, 4)
   cameras.validate_cameras(K, E)
   uv, depth = cameras.project_points(K, E, np.broadcast_to(HEAD, (24, 1, 3)))
-  np.testing.assert_allclose(uv[:, 0], np.broadcast_to([192.0, 256.0], (24, 2)),
-                             atol=1e-9)  # the head sits at the image centre
+  np.testing.assert_allclose(
+    uv[:, 0], np.broadcast_to([192.0, 256.0], (24, 2)), atol=1e-9
+  )  # the head sits at the image centre
   np.testing.assert_allclose(depth[:, 0], 2.0, atol=1e-12)
   np.testing.assert_allclose(K[0, 1, 1], 256 / np.tan(np.radians(15)))
   offsets = cameras.camera_centers(E) - HEAD
@@ -45,8 +47,7 @@ def test_turntable_looks_at_the_head_and_is_evenly_spaced():
   np.testing.assert_allclose(offsets[0] / 2.0, Hr[:, 2], atol=1e-12)
   np.testing.assert_allclose(offsets[3] / 2.0, Hr[:, 0], atol=1e-12)
   # the head's up axis points up in every image
-  top, _ = cameras.project_points(K, E, np.broadcast_to(HEAD + 0.1 * Hr[:, 1],
-                                                        (24, 1, 3)))
+  top, _ = cameras.project_points(K, E, np.broadcast_to(HEAD + 0.1 * Hr[:, 1], (24, 1, 3)))
   assert np.all(top[:, 0, 1] < 256.0)
   with pytest.raises(ValueError, match="elevations"):
     orbits.turntable_cameras(4, 1.0, elevations_deg=(90.0,))
@@ -83,9 +84,12 @@ def test_reads_krt_and_nerf_files(tmp_path):
   np.testing.assert_allclose(loaded.E, E, atol=1e-12)
 
   c2w = cameras.opencv_E_to_opengl_c2w(E)
-  nerf = {"camera_angle_x": 2 * np.arctan(40 / K[0, 0, 0]), "w": 80, "h": 100,
-          "frames": [{"file_path": f"img{i}", "transform_matrix": c2w[i].tolist()}
-                     for i in range(3)]}
+  nerf = {
+    "camera_angle_x": 2 * np.arctan(40 / K[0, 0, 0]),
+    "w": 80,
+    "h": 100,
+    "frames": [{"file_path": f"img{i}", "transform_matrix": c2w[i].tolist()} for i in range(3)],
+  }
   nerf_path = tmp_path / "transforms.json"
   nerf_path.write_text(json.dumps(nerf))
   loaded = orbits.cameras_from_json(nerf_path)
@@ -105,14 +109,12 @@ def test_normalisation_centres_and_scales_on_the_head():
   E_n, tf = normalize.normalize_scene(E, HEAD, Hr, target_distance=1.0)
   cameras.validate_cameras(K, E_n)
   np.testing.assert_allclose(tf.points(HEAD), 0.0, atol=1e-12)
-  np.testing.assert_allclose(
-      np.linalg.norm(cameras.camera_centers(E_n), axis=-1).mean(), 1.0)
+  np.testing.assert_allclose(np.linalg.norm(cameras.camera_centers(E_n), axis=-1).mean(), 1.0)
   head_point, head_rotation = tf.head_pose(HEAD, Hr)
   np.testing.assert_allclose(head_rotation, np.eye(3), atol=1e-12)
   # every image is unchanged: same pixels, depth scaled by s
   uv, depth = cameras.project_points(K, E, np.broadcast_to(X, (16, 20, 3)))
-  uv_n, depth_n = cameras.project_points(K, E_n,
-                                         np.broadcast_to(tf.points(X), (16, 20, 3)))
+  uv_n, depth_n = cameras.project_points(K, E_n, np.broadcast_to(tf.points(X), (16, 20, 3)))
   np.testing.assert_allclose(uv_n, uv, atol=1e-9)
   np.testing.assert_allclose(depth_n, depth * tf.scale, rtol=1e-12)
   np.testing.assert_allclose(tf.inverse_points(tf.points(X)), X, atol=1e-12)

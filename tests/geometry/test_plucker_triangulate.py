@@ -1,4 +1,5 @@
 """Plücker rays and DLT triangulation against float64 formulas."""
+
 import numpy as np
 import pytest
 
@@ -39,8 +40,7 @@ def test_moments_vanish_for_camera_at_origin():
 
 def test_rays_at_any_resolution():
   K, E = _two_cameras()
-  coarse = plucker.plucker_rays(K, E, 60, 80, intrinsics_hw=(480, 640),
-                                dtype=np.float64)
+  coarse = plucker.plucker_rays(K, E, 60, 80, intrinsics_hw=(480, 640), dtype=np.float64)
   # latent pixel (i, j) covers full-res pixels [8i, 8i+8): its centre is 8 (j + .5)
   i, j = np.meshgrid(np.arange(60), np.arange(80), indexing="ij")
   uv = np.stack([8 * (j + 0.5), 8 * (i + 0.5)], -1).reshape(-1, 2)
@@ -71,10 +71,10 @@ def test_noisy_matches_reprojection_error():
   uv, _ = cameras.project_points(K, E, X)
   noisy = uv + rng.normal(0.0, 0.5, uv.shape)
   P = cameras.projection_matrix(K, E)
-  X_hat = triangulate.triangulate_with_cameras(K[0], E[0], K[1], E[1], noisy[0],
-                                               noisy[1])
-  errors = np.concatenate([triangulate.reprojection_errors(P[c], X_hat, noisy[c])
-                           for c in range(2)])
+  X_hat = triangulate.triangulate_with_cameras(K[0], E[0], K[1], E[1], noisy[0], noisy[1])
+  errors = np.concatenate(
+    [triangulate.reprojection_errors(P[c], X_hat, noisy[c]) for c in range(2)]
+  )
   # two views leave one residual degree of freedom per match: measured mean
   # 0.28 px for 0.5 px noise per coordinate, median 3D error 3.2e-3
   assert 0.15 < errors.mean() < 0.5, errors.mean()

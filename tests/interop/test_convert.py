@@ -1,18 +1,19 @@
 """pippo-convert: release checkpoints (.pth / .safetensors / .npz) <-> our orbax checkpoints."""
+
 import functools
 import importlib
 import pathlib
 import sys
 
+import golden_io
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import safetensors.numpy
 import torch
-
-import golden_io
 from flax import traverse_util
+
 from pippo_jax import checkpoints
 from pippo_jax.cli import convert
 from pippo_jax.interop.release_layout import params_to_release, release_to_params
@@ -22,9 +23,14 @@ from pippo_jax.models.pippo import Pippo, dummy_inputs
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 # The golden model is the tiny P3 config at 64 px, narrowed to the release test model's size.
-GOLDEN_ARGS = ["--config", f"{CONFIGS}/p3_posttrain.py:size=tiny,res=64", "--config.model.width=64",
-               "--config.model.depth=2", "--config.model.num_heads=4",
-               "--config.model.cam_mlp_hidden=128"]
+GOLDEN_ARGS = [
+  "--config",
+  f"{CONFIGS}/p3_posttrain.py:size=tiny,res=64",
+  "--config.model.width=64",
+  "--config.model.depth=2",
+  "--config.model.num_heads=4",
+  "--config.model.cam_mlp_hidden=128",
+]
 
 
 def run(*args) -> int:
@@ -41,8 +47,12 @@ def random_params(cfg: ModelConfig, seed: int) -> dict:
   """Random (not zero-initialised) params of `Pippo(cfg)`, so that every weight shows in eps."""
   rng = np.random.default_rng(seed)
   return traverse_util.unflatten_dict(
-      {path: rng.normal(0.0, 0.05, leaf.shape).astype(np.float32)
-       for path, leaf in params_lib.flat(params_lib.abstract(cfg)).items()}, sep="/")
+    {
+      path: rng.normal(0.0, 0.05, leaf.shape).astype(np.float32)
+      for path, leaf in params_lib.flat(params_lib.abstract(cfg)).items()
+    },
+    sep="/",
+  )
 
 
 def torch_tensors(state_dict: dict) -> dict:
@@ -54,6 +64,7 @@ def loss_eps_grads(params, cfg, x_t, t, cond, noise):
   def loss(p):
     eps = Pippo(cfg).apply({"params": p}, x_t, t, cond)
     return jnp.mean((eps - noise) ** 2), eps
+
   (value, eps), grads = jax.value_and_grad(loss, has_aux=True)(params)
   return value, eps, grads
 
@@ -73,9 +84,14 @@ def tree_equal(a, b) -> None:
 @pytest.fixture(scope="module")
 def golden(golden_dir):
   weights = golden_io.load("weights.npz")
-  return dict(dir=golden_dir, weights=weights, cfg=golden_io.model_config(),
-              inputs=golden_io.model_inputs(golden_io.load("inputs.npz")),
-              outputs=golden_io.load("outputs.npz"), grads=golden_io.load("grads.npz"))
+  return dict(
+    dir=golden_dir,
+    weights=weights,
+    cfg=golden_io.model_config(),
+    inputs=golden_io.model_inputs(golden_io.load("inputs.npz")),
+    outputs=golden_io.load("outputs.npz"),
+    grads=golden_io.load("grads.npz"),
+  )
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +102,10 @@ def golden_ckpt(golden, tmp_path_factory):
   return out
 
 
-@pytest.mark.parametrize("name", ["p1_pretrain:size=smoke", "m2_midtrain:size=smoke,views=2",
-                                  "p3_posttrain:size=smoke,res=128"])
+@pytest.mark.parametrize(
+  "name",
+  ["p1_pretrain:size=smoke", "m2_midtrain:size=smoke,views=2", "p3_posttrain:size=smoke,res=128"],
+)
 def test_round_trip_ours_release_ours_is_exact(name):
   cfg = ModelConfig.from_config(stage_config(name).model)
   params = random_params(cfg, seed=1)
@@ -100,9 +118,10 @@ def _write(kind: str, weights: dict, path: pathlib.Path) -> pathlib.Path:
   if kind == "pth":
     torch.save(torch_tensors(weights), path.with_suffix(".pth"))
   elif kind == "pth_wrapped":  # DistributedDataParallel keys inside a Lightning-style dict
-    torch.save({"epoch": 3, "state_dict": {"module." + k: v
-                                           for k, v in torch_tensors(weights).items()}},
-               path.with_suffix(".pth"))
+    torch.save(
+      {"epoch": 3, "state_dict": {"module." + k: v for k, v in torch_tensors(weights).items()}},
+      path.with_suffix(".pth"),
+    )
   elif kind == "safetensors":
     safetensors.numpy.save_file(weights, path.with_suffix(".safetensors"))
   else:
@@ -146,10 +165,22 @@ def test_other_size_in_release_trainer_format(tmp_path, capsys):
   cfg = ModelConfig.from_config(config.model)
   params = random_params(cfg, seed=2)
   release = {"_orig_mod." + k: v for k, v in torch_tensors(params_to_release(params, cfg)).items()}
-  torch.save({"iteration": 7, "model": release,
-              "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4}]}}, tmp_path / "007.pt")
-  assert run("--from", "pippo-torch", tmp_path / "007.pt", "--config",
-             f"{CONFIGS}/p3_posttrain.py:size=smoke", "--out", tmp_path / "ours") == 0
+  torch.save(
+    {"iteration": 7, "model": release, "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4}]}},
+    tmp_path / "007.pt",
+  )
+  assert (
+    run(
+      "--from",
+      "pippo-torch",
+      tmp_path / "007.pt",
+      "--config",
+      f"{CONFIGS}/p3_posttrain.py:size=smoke",
+      "--out",
+      tmp_path / "ours",
+    )
+    == 0
+  )
   text = capsys.readouterr().out
   assert "unwrapped 'model' (ignored entries ['iteration', 'optimizer'])" in text
   assert "stripped prefix '_orig_mod.'" in text and "dropped" not in text
@@ -171,8 +202,10 @@ def test_unknown_and_missing_keys_refused_with_list(golden, tmp_path, capsys):
   del weights["generator.blocks.1.in_proj.weight"]
   weights["generator.extra.weight"] = np.zeros(3, np.float32)
   np.savez(tmp_path / "bad.npz", **weights)
-  assert run("--from", "pippo-torch", tmp_path / "bad.npz", *GOLDEN_ARGS,
-             "--out", tmp_path / "ours") == 1
+  assert (
+    run("--from", "pippo-torch", tmp_path / "bad.npz", *GOLDEN_ARGS, "--out", tmp_path / "ours")
+    == 1
+  )
   err = capsys.readouterr().err
   assert "missing keys (1): ['generator.blocks.1.in_proj.weight']" in err
   assert "unknown keys (1): ['generator.extra.weight']" in err
@@ -181,8 +214,10 @@ def test_unknown_and_missing_keys_refused_with_list(golden, tmp_path, capsys):
 
 def test_wrong_shapes_refused_with_list(golden, capsys, tmp_path):
   args = GOLDEN_ARGS[:-1] + ["--config.model.cam_mlp_hidden=256"]
-  assert run("--from", "pippo-torch", golden["dir"] / "weights.npz", *args,
-             "--out", tmp_path / "ours") == 1
+  assert (
+    run("--from", "pippo-torch", golden["dir"] / "weights.npz", *args, "--out", tmp_path / "ours")
+    == 1
+  )
   err = capsys.readouterr().err
   assert "wrong shape (8)" in err
   assert "cam_mlp/in_proj/kernel: (16, 128) (config wants (16, 256))" in err
@@ -208,15 +243,29 @@ def test_reverse_conversion_writes_release_layout(golden, golden_ckpt, tmp_path,
 def test_mismatching_config_names_the_keys(golden_ckpt, tmp_path, capsys):
   _, saved = checkpoints.read_params(golden_ckpt)
   other = dict(saved, model=dict(saved["model"], width=128, depth=3, dtype="bfloat16"))
-  with pytest.raises(ValueError, match=r"model\.depth \(checkpoint 2, given 3\), model\.width "
-                                       r"\(checkpoint 64, given 128\)$"):
+  with pytest.raises(
+    ValueError,
+    match=r"model\.depth \(checkpoint 2, given 3\), model\.width "
+    r"\(checkpoint 64, given 128\)$",
+  ):
     checkpoints.read_params(golden_ckpt, other)
-  runtime_only = dict(saved, model=dict(saved["model"], dtype="bfloat16",
-                                        remat_policy="dots_saveable"))
+  runtime_only = dict(
+    saved, model=dict(saved["model"], dtype="bfloat16", remat_policy="dots_saveable")
+  )
   checkpoints.read_params(golden_ckpt, runtime_only)  # compute settings may differ
-  assert run("--to", "pippo-torch", "--from-checkpoint", golden_ckpt, "--config",
-             f"{CONFIGS}/p3_posttrain.py:size=tiny,res=64",
-             "--out", tmp_path / "x.safetensors") == 1
+  assert (
+    run(
+      "--to",
+      "pippo-torch",
+      "--from-checkpoint",
+      golden_ckpt,
+      "--config",
+      f"{CONFIGS}/p3_posttrain.py:size=tiny,res=64",
+      "--out",
+      tmp_path / "x.safetensors",
+    )
+    == 1
+  )
   err = capsys.readouterr().err
   assert "mismatching keys" in err and "model.width (checkpoint 64, given 768)" in err
 
@@ -244,7 +293,9 @@ def test_usage(capsys):
   with pytest.raises(SystemExit) as exit_info:
     run("--bogus")
   assert exit_info.value.code == 2
-  assert capsys.readouterr().err.strip() == "pippo-convert: error: Unknown command line flag 'bogus'"
+  assert (
+    capsys.readouterr().err.strip() == "pippo-convert: error: Unknown command line flag 'bogus'"
+  )
   assert run("--out", "x") == 2
   assert run("--from", "pippo-torch", "a.pth", "--out", "x") == 2  # no --config
   assert "--config" in capsys.readouterr().err

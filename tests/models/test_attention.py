@@ -1,4 +1,5 @@
 """Tests for pippo_jax.models.attention against a float64 NumPy reference."""
+
 import math
 
 import jax
@@ -24,9 +25,11 @@ def _reference(q, k, v, scale):
 def _qkv(shape, seed=0, kv_tokens=None, dtype=jnp.float32):
   rng = np.random.default_rng(seed)
   kv_shape = (shape[0], kv_tokens or shape[1], *shape[2:])
-  return (jnp.asarray(rng.standard_normal(shape), dtype),
-          jnp.asarray(rng.standard_normal(kv_shape), dtype),
-          jnp.asarray(rng.standard_normal(kv_shape), dtype))
+  return (
+    jnp.asarray(rng.standard_normal(shape), dtype),
+    jnp.asarray(rng.standard_normal(kv_shape), dtype),
+    jnp.asarray(rng.standard_normal(kv_shape), dtype),
+  )
 
 
 # 1/sqrt(16) and a Pippo-biased scale (more views than trained, gamma > 1).
@@ -39,7 +42,8 @@ def test_matches_reference(impl, scale):
   # 200 tokens: not a multiple of either block size.
   q, k, v = _qkv((2, 200, 3, 16))
   out = attention.dot_product_attention(
-      q, k, v, scale=scale, implementation=impl, block_q=64, block_kv=48)
+    q, k, v, scale=scale, implementation=impl, block_q=64, block_kv=48
+  )
   assert out.shape == q.shape and out.dtype == jnp.float32
   np.testing.assert_allclose(out, _reference(q, k, v, scale), **TOL)
 
@@ -49,40 +53,41 @@ def test_splash_interpret_matches_reference(tokens):
   q, k, v = _qkv((2, tokens, 2, 16), seed=1)
   scale = SCALES[1]
   out = attention.dot_product_attention(
-      q, k, v, scale=scale, implementation="splash", block_q=128,
-      block_kv=128)
+    q, k, v, scale=scale, implementation="splash", block_q=128, block_kv=128
+  )
   assert out.shape == q.shape and out.dtype == jnp.float32
   np.testing.assert_allclose(out, _reference(q, k, v, scale), **TOL)
 
 
 def test_blockwise_cross_attention_and_jit():
   q, k, v = _qkv((1, 70, 2, 8), kv_tokens=130, seed=2)
-  fn = jax.jit(lambda q, k, v: attention.blockwise_attention(
-      q, k, v, scale=0.4, block_q=32, block_kv=64))
+  fn = jax.jit(
+    lambda q, k, v: attention.blockwise_attention(q, k, v, scale=0.4, block_q=32, block_kv=64)
+  )
   np.testing.assert_allclose(fn(q, k, v), _reference(q, k, v, 0.4), **TOL)
 
 
 def test_blockwise_bfloat16_keeps_dtype():
   q, k, v = _qkv((1, 96, 2, 16), seed=3, dtype=jnp.bfloat16)
   out = attention.dot_product_attention(
-      q, k, v, scale=0.25, implementation="blockwise", block_q=32,
-      block_kv=32)
+    q, k, v, scale=0.25, implementation="blockwise", block_q=32, block_kv=32
+  )
   assert out.dtype == jnp.bfloat16
-  np.testing.assert_allclose(out.astype(jnp.float32),
-                             _reference(q, k, v, 0.25), atol=2e-2)
+  np.testing.assert_allclose(out.astype(jnp.float32), _reference(q, k, v, 0.25), atol=2e-2)
 
 
 @pytest.mark.parametrize("scale", SCALES)
 def test_blockwise_gradients_match_xla(scale):
   q, k, v = _qkv((2, 100, 3, 16), seed=4)
-  weights = jnp.asarray(np.random.default_rng(5).standard_normal(q.shape),
-                        jnp.float32)
+  weights = jnp.asarray(np.random.default_rng(5).standard_normal(q.shape), jnp.float32)
 
   def loss(impl):
     def f(q, k, v):
       out = attention.dot_product_attention(
-          q, k, v, scale=scale, implementation=impl, block_q=32, block_kv=24)
+        q, k, v, scale=scale, implementation=impl, block_q=32, block_kv=24
+      )
       return jnp.sum(out * weights)
+
     return f
 
   expected = jax.grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)
@@ -95,8 +100,13 @@ def test_splash_interpret_gradients_match_xla():
   q, k, v = _qkv((1, 200, 2, 16), seed=6)
 
   def loss(impl):
-    return lambda q, k, v: jnp.sum(jnp.sin(attention.dot_product_attention(
-        q, k, v, scale=0.25, implementation=impl, block_q=128, block_kv=128)))
+    return lambda q, k, v: jnp.sum(
+      jnp.sin(
+        attention.dot_product_attention(
+          q, k, v, scale=0.25, implementation=impl, block_q=128, block_kv=128
+        )
+      )
+    )
 
   expected = jax.grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)
   actual = jax.grad(loss("splash"), argnums=(0, 1, 2))(q, k, v)
@@ -111,9 +121,11 @@ def test_blockwise_memory_is_subquadratic():
   def temp_bytes(impl):
     def fwd_bwd(q, k, v):
       f = lambda q, k, v: attention.dot_product_attention(
-          q, k, v, scale=0.2, implementation=impl, block_q=256, block_kv=256)
+        q, k, v, scale=0.2, implementation=impl, block_q=256, block_kv=256
+      )
       out, vjp = jax.vjp(f, q, k, v)
       return vjp(out)
+
     compiled = jax.jit(fwd_bwd).lower(spec, spec, spec).compile()
     return compiled.memory_analysis().temp_size_in_bytes
 
@@ -122,16 +134,18 @@ def test_blockwise_memory_is_subquadratic():
   assert temp_bytes("blockwise") < score_matrix / 4
 
 
-@pytest.mark.parametrize("head_dim,tokens,views,train,gamma", [
-    (64, 1024, 3, 2, 1.0),
-    (64, 256, 5, 3, 1.5),
-    (128, 4096, 8, 2, 0.8),
-])
+@pytest.mark.parametrize(
+  "head_dim,tokens,views,train,gamma",
+  [(64, 1024, 3, 2, 1.0), (64, 256, 5, 3, 1.5), (128, 4096, 8, 2, 0.8)],
+)
 def test_biased_attention_scale(head_dim, tokens, views, train, gamma):
-  expected = np.sqrt(np.float64(gamma) * np.log(np.float64(tokens * views))
-                     / np.log(np.float64(tokens * train)) / head_dim)
-  got = attention.biased_attention_scale(head_dim, tokens, views, train,
-                                         gamma)
+  expected = np.sqrt(
+    np.float64(gamma)
+    * np.log(np.float64(tokens * views))
+    / np.log(np.float64(tokens * train))
+    / head_dim
+  )
+  got = attention.biased_attention_scale(head_dim, tokens, views, train, gamma)
   assert got == pytest.approx(expected, rel=1e-12)
 
 

@@ -1,5 +1,6 @@
 """The Flax SDXL VAE against diffusers' AutoencoderKL (small, randomly perturbed), its weight files,
 chunking and the codec built on it."""
+
 import dataclasses
 import json
 import math
@@ -18,8 +19,14 @@ from pippo_jax.models import autoencoder as vae_lib
 from pippo_jax.models import codec as codec_lib
 
 # The SDXL layout at a small size: three levels (x4), a channel change, 2 resnets per block.
-SMALL = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64, 64),
-             layers_per_block=2, norm_num_groups=8)
+SMALL = dict(
+  in_channels=3,
+  out_channels=3,
+  latent_channels=4,
+  block_out_channels=(32, 64, 64),
+  layers_per_block=2,
+  norm_num_groups=8,
+)
 SIZE = 32
 
 
@@ -39,8 +46,13 @@ def _ldm_name(key: str, num_up: int) -> str:
     if parts[2] == "resnets":
       parts = [parts[0], "mid", f"block_{int(parts[3]) + 1}"] + parts[4:]
     else:
-      names = {"group_norm": ["norm"], "to_q": ["q"], "to_k": ["k"], "to_v": ["v"],
-               "to_out": ["proj_out"]}
+      names = {
+        "group_norm": ["norm"],
+        "to_q": ["q"],
+        "to_k": ["k"],
+        "to_v": ["v"],
+        "to_out": ["proj_out"],
+      }
       rest = parts[6:] if parts[4] == "to_out" else parts[5:]
       parts = [parts[0], "mid", "attn_1"] + names[parts[4]] + rest
   elif parts[1] == "conv_norm_out":
@@ -52,9 +64,13 @@ def _ldm_name(key: str, num_up: int) -> str:
 def vae(tmp_path_factory):
   """(torch model, its state dict as numpy, folder, single file, latent-diffusion file)."""
   torch.manual_seed(0)
-  model = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 3,
-                        up_block_types=("UpDecoderBlock2D",) * 3, sample_size=SIZE,
-                        scaling_factor=0.13025, **SMALL)
+  model = AutoencoderKL(
+    down_block_types=("DownEncoderBlock2D",) * 3,
+    up_block_types=("UpDecoderBlock2D",) * 3,
+    sample_size=SIZE,
+    scaling_factor=0.13025,
+    **SMALL,
+  )
   with torch.no_grad():  # zero biases and unit norm scales would hide layout mistakes
     for p in model.parameters():
       p.add_(0.05 * torch.randn_like(p))
@@ -122,8 +138,9 @@ def test_matches_diffusers(vae, loaded):
 def test_single_files_load_the_same_weights(vae, loaded):
   _, state, root = vae
   cfg, params = loaded
-  inferred, _ = vae_lib.load_vae(str(root / "vae.safetensors"),
-                                 config=dataclasses.replace(cfg, norm_num_groups=32))
+  inferred, _ = vae_lib.load_vae(
+    str(root / "vae.safetensors"), config=dataclasses.replace(cfg, norm_num_groups=32)
+  )
   assert dataclasses.replace(inferred, norm_num_groups=8) == cfg
   # The test's latent-diffusion file is what diffusers' own converter reads back to `state`.
   ldm = {k: torch.from_numpy(v) for k, v in load_file(str(root / "ldm.safetensors")).items()}
@@ -131,8 +148,13 @@ def test_single_files_load_the_same_weights(vae, loaded):
   assert sorted(back) == sorted(state)
   for key, value in back.items():
     np.testing.assert_array_equal(value.numpy(), state[key], err_msg=key)
-  legacy = {k.replace("to_q", "query").replace("to_k", "key").replace("to_v", "value")
-            .replace("to_out.0", "proj_attn"): v for k, v in state.items()}
+  legacy = {
+    k.replace("to_q", "query")
+    .replace("to_k", "key")
+    .replace("to_v", "value")
+    .replace("to_out.0", "proj_attn"): v
+    for k, v in state.items()
+  }
   save_file(legacy, str(root / "legacy.safetensors"))
   for name in ("vae", "ldm", "legacy"):
     got_cfg, got = vae_lib.load_vae(str(root / f"{name}.safetensors"), config=cfg)
@@ -155,8 +177,9 @@ def test_chunked_equals_unchunked(loaded):
   z = np.random.default_rng(2).normal(size=(5, SIZE // 4, SIZE // 4, 4)).astype(np.float32)
   _close(vae_lib.decode(cfg, params, z, chunk=2), vae_lib.decode(cfg, params, z), tol=1e-5)
   x = _images(3, seed=3)
-  _close(vae_lib.encode(cfg, params, x, chunk=2).mean, vae_lib.encode(cfg, params, x).mean,
-         tol=1e-5)
+  _close(
+    vae_lib.encode(cfg, params, x, chunk=2).mean, vae_lib.encode(cfg, params, x).mean, tol=1e-5
+  )
 
 
 def test_bad_weight_files_are_refused_by_name(vae, loaded, tmp_path):
@@ -167,8 +190,12 @@ def test_bad_weight_files_are_refused_by_name(vae, loaded, tmp_path):
   save_file(state, str(tmp_path / "bad.safetensors"))
   with pytest.raises(ValueError) as e:
     vae_lib.load_vae(str(tmp_path / "bad.safetensors"), config=loaded[0])
-  for text in ("decoder.conv_in.bias", "encoder.extra.weight", "quant_conv.weight [8, 8, 3, 3]",
-               "expected [8, 8, 1, 1]"):
+  for text in (
+    "decoder.conv_in.bias",
+    "encoder.extra.weight",
+    "quant_conv.weight [8, 8, 3, 3]",
+    "expected [8, 8, 1, 1]",
+  ):
     assert text in str(e.value)
 
 
@@ -176,15 +203,25 @@ def test_missing_weights_name_the_files(tmp_path):
   with pytest.raises(FileNotFoundError, match="diffusion_pytorch_model.safetensors"):
     vae_lib.load_vae(str(tmp_path / "nowhere"))
   (tmp_path / "config.json").write_text(json.dumps({"block_out_channels": [32]}))
-  with pytest.raises(FileNotFoundError, match=f"no diffusion_pytorch_model.safetensors in "
-                                              f"{tmp_path}.*sdxl-vae"):
+  with pytest.raises(
+    FileNotFoundError, match=f"no diffusion_pytorch_model.safetensors in {tmp_path}.*sdxl-vae"
+  ):
     vae_lib.load_vae(str(tmp_path))
 
 
 def _codec_cfg(path, **kw):
-  return ml_collections.ConfigDict(dict(kind="sdxl_vae", downsample=4, latent_channels=4,
-                                        scale_factor=0.13025, shift_factor=0.0,
-                                        weights_path=str(path), sample_posterior=True, **kw))
+  return ml_collections.ConfigDict(
+    dict(
+      kind="sdxl_vae",
+      downsample=4,
+      latent_channels=4,
+      scale_factor=0.13025,
+      shift_factor=0.0,
+      weights_path=str(path),
+      sample_posterior=True,
+      **kw,
+    )
+  )
 
 
 def test_codec_scaling_and_views_axis(vae, loaded):
@@ -202,8 +239,9 @@ def test_codec_scaling_and_views_axis(vae, loaded):
   sampled = codec.encode(images, key).reshape(post.mean.shape)
   np.testing.assert_allclose(sampled, 0.13025 * post.sample(key), rtol=1e-5, atol=1e-6)
   assert not np.allclose(sampled, 0.13025 * post.mean)
-  np.testing.assert_allclose(codec.decode(z).reshape(6, SIZE, SIZE, 3),
-                             vae_lib.decode(cfg, params, post.mean), atol=1e-5)
+  np.testing.assert_allclose(
+    codec.decode(z).reshape(6, SIZE, SIZE, 3), vae_lib.decode(cfg, params, post.mean), atol=1e-5
+  )
 
 
 def test_codec_is_a_jit_argument_not_a_constant(vae):
@@ -226,8 +264,9 @@ def test_codec_is_a_jit_argument_not_a_constant(vae):
   # The space-to-depth codec is a leafless pytree: jit takes it as an argument too.
   s2d = codec_lib.SpaceToDepthCodec(downsample=4)
   assert jax.tree.leaves(s2d) == []
-  np.testing.assert_allclose(jax.jit(lambda c, x: c.encode(x))(s2d, images), s2d.encode(images),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    jax.jit(lambda c, x: c.encode(x))(s2d, images), s2d.encode(images), rtol=1e-6
+  )
 
 
 def test_codec_config_errors(vae):

@@ -1,7 +1,8 @@
 """The space-to-depth codec is exactly invertible and matches its definition."""
+
+import ml_collections
 import numpy as np
 import pytest
-import ml_collections
 
 from pippo_jax.models import codec as codec_lib
 
@@ -20,8 +21,11 @@ def test_space_to_depth_round_trip_and_layout():
 
 
 def test_codec_config_errors():
-  bad = ml_collections.ConfigDict(dict(kind="space_to_depth", downsample=4, latent_channels=12,
-                                       scale_factor=1.0, shift_factor=0.0))
+  bad = ml_collections.ConfigDict(
+    dict(
+      kind="space_to_depth", downsample=4, latent_channels=12, scale_factor=1.0, shift_factor=0.0
+    )
+  )
   with pytest.raises(ValueError, match="makes 48"):
     codec_lib.make_codec(bad)
   bad.kind = "sdxl_vae"

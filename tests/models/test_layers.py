@@ -1,4 +1,5 @@
 """Matmuls with a low-precision compute dtype: values and gradients against float64."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np

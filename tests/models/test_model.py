@@ -1,4 +1,5 @@
 """The Flax denoiser against the independent float64 NumPy reference, and its invariants."""
+
 import dataclasses
 
 import flax.linen as nn
@@ -6,16 +7,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import numpy_pippo as ref
 
 from pippo_jax.interop.release_layout import params_to_release
 from pippo_jax.models import control_mlp, dit, embeddings
 from pippo_jax.models.config import ModelConfig
 from pippo_jax.models.pippo import Pippo, dummy_inputs
-from reference import numpy_pippo as ref
 
 # Deliberately unlike the golden model: 3 target views, 3 heads of 16, depth 3, 12x12 latents.
-CFG = ModelConfig(width=48, depth=3, num_heads=3, latent_size=12, image_size=48, num_views=3,
-                  cam_mlp_hidden=40, remat_policy="none", attention_impl="xla")
+CFG = ModelConfig(
+  width=48,
+  depth=3,
+  num_heads=3,
+  latent_size=12,
+  image_size=48,
+  num_views=3,
+  cam_mlp_hidden=40,
+  remat_policy="none",
+  attention_impl="xla",
+)
 
 
 def rel_err(got, want):
@@ -39,21 +49,25 @@ def perturbed_params(cfg, seed=0, std=0.05):
   params = nn.unbox(jax.jit(Pippo(cfg).init)(jax.random.key(seed), x_t, t, cond)["params"])
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-  return jax.tree.unflatten(tree, [p + std * jax.random.normal(k, p.shape)
-                                   for p, k in zip(leaves, keys)])
+  return jax.tree.unflatten(
+    tree, [p + std * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)]
+  )
 
 
 def golden_layout(x_t, t, cond):
   """Our channels-last inputs -> the reference's NCHW layout with a time axis of length 1."""
   nchw = lambda a: np.moveaxis(np.asarray(a, np.float64), -1, -3)
-  return {"x_t": nchw(x_t), "t": np.asarray(t),
-          "ref_latent": nchw(cond["ref_latent"])[:, None, None],
-          "anchor": nchw(cond["anchor_latent"])[:, :, None],
-          "ref_anchor": nchw(cond["ref_anchor_latent"])[:, None, None],
-          "plucker": nchw(cond["plucker"])[:, :, None],
-          "ref_plucker": nchw(cond["ref_plucker"])[:, None, None],
-          "cam_pose": np.asarray(cond["cam_pose"], np.float64)[:, :, None],
-          "ref_cam_pose": np.asarray(cond["ref_cam_pose"], np.float64)[:, None, None]}
+  return {
+    "x_t": nchw(x_t),
+    "t": np.asarray(t),
+    "ref_latent": nchw(cond["ref_latent"])[:, None, None],
+    "anchor": nchw(cond["anchor_latent"])[:, :, None],
+    "ref_anchor": nchw(cond["ref_anchor_latent"])[:, None, None],
+    "plucker": nchw(cond["plucker"])[:, :, None],
+    "ref_plucker": nchw(cond["ref_plucker"])[:, None, None],
+    "cam_pose": np.asarray(cond["cam_pose"], np.float64)[:, :, None],
+    "ref_cam_pose": np.asarray(cond["ref_cam_pose"], np.float64)[:, None, None],
+  }
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +91,18 @@ def test_dit_block_matches_float64_reference(live, scale):
   x = rng.normal(size=(b, length, d)).astype(np.float32)
   c = rng.normal(size=(b, d)).astype(np.float32)
   control = rng.normal(size=(b, length - CFG.tokens_per_view, d)).astype(np.float32)  # shorter
-  ctrl = {"h": control, "temb": np.zeros((b, d), np.float32), "drop": np.zeros((b,), bool),
-          "zero_token": np.zeros((d,), np.float32)}
-  identity = {"adaln": {"kernel": np.zeros((d, 2 * d), np.float32), "bias": np.zeros(2 * d, np.float32)},
-              "linear": {"kernel": np.eye(d, dtype=np.float32), "bias": np.zeros(d, np.float32)}}
+  ctrl = {
+    "h": control,
+    "temb": np.zeros((b, d), np.float32),
+    "drop": np.zeros((b,), bool),
+    "zero_token": np.zeros((d,), np.float32),
+  }
+  identity = {
+    "adaln": {"kernel": np.zeros((d, 2 * d), np.float32), "bias": np.zeros(2 * d, np.float32)},
+    "linear": {"kernel": np.eye(d, dtype=np.float32), "bias": np.zeros(d, np.float32)},
+  }
   block_params = jax.tree.map(lambda a: a[1], params["generator"]["blocks"])
-  attn_scale = CFG.head_dim ** -0.5 if scale is None else scale
+  attn_scale = CFG.head_dim**-0.5 if scale is None else scale
   out, _ = dit.DiTBlock(CFG, attn_scale).apply({"params": block_params}, x, c, ctrl, identity)
   want, _ = ref.dit_block(weights, "generator.blocks.1", x, c, control, CFG.num_heads, scale)
   assert rel_err(out, want) < 1e-5
@@ -96,21 +116,27 @@ def test_control_mlp_per_block_outputs_match_float64_reference(live):
   xt_all = jnp.concatenate([x_t, jnp.zeros_like(x_t[:, :1])], 1)
   drop = jnp.zeros((b,), bool)
   ctrl, stacked = control_mlp.ControlMLP(CFG).apply(
-      {"params": params["control_mlp"]}, anchor, plucker, xt_all, t, drop)
-  nchw = lambda a: np.moveaxis(np.asarray(a, np.float64), -1, -3).reshape(b * (v + 1), -1, *a.shape[2:4])
-  want, _ = ref.control_mlp(weights, np.repeat(np.asarray(t), v + 1), nchw(anchor), nchw(plucker),
-                            nchw(xt_all))
+    {"params": params["control_mlp"]}, anchor, plucker, xt_all, t, drop
+  )
+  nchw = lambda a: np.moveaxis(np.asarray(a, np.float64), -1, -3).reshape(
+    b * (v + 1), -1, *a.shape[2:4]
+  )
+  want, _ = ref.control_mlp(
+    weights, np.repeat(np.asarray(t), v + 1), nchw(anchor), nchw(plucker), nchw(xt_all)
+  )
   for layer in range(CFG.depth):
     got = dit.apply_control_block(ctrl, jax.tree.map(lambda a: a[layer], stacked), jnp.float32)
     assert rel_err(got.reshape(b * (v + 1), CFG.tokens_per_view, -1), want[layer]) < 1e-5, layer
 
 
 def test_embeddings_match_float64_reference():
-  np.testing.assert_allclose(embeddings.sincos_2d_table(64, 3, 5), ref.sincos_2d_table(64, 3, 5),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    embeddings.sincos_2d_table(64, 3, 5), ref.sincos_2d_table(64, 3, 5), atol=1e-6
+  )
   t = np.array([0, 1, 17, 500, 999])
-  np.testing.assert_allclose(embeddings.timestep_embedding(t, 256), ref.timestep_embedding(t, 256),
-                             atol=2e-4)  # float32 arguments up to 999 rad
+  np.testing.assert_allclose(
+    embeddings.timestep_embedding(t, 256), ref.timestep_embedding(t, 256), atol=2e-4
+  )  # float32 arguments up to 999 rad
   x = np.arange(2 * 3 * 4 * 6, dtype=np.float32).reshape(2, 3, 4, 6)  # NCHW
   ours = embeddings.pixel_unshuffle(np.moveaxis(x, 1, -1), 2)
   np.testing.assert_array_equal(np.moveaxis(np.asarray(ours), -1, 1), ref.pixel_unshuffle(x, 2))
@@ -128,7 +154,7 @@ def test_output_is_exactly_zero_at_init_and_not_after_one_step():
   params = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
   eps = model.apply({"params": params}, x_t, t, cond)
   assert float(jnp.abs(eps).max()) > 1e-4
-  assert float(loss(params)) < float(jnp.mean(target ** 2))
+  assert float(loss(params)) < float(jnp.mean(target**2))
 
 
 def test_scan_and_unrolled_blocks_agree(live):
@@ -155,9 +181,14 @@ def test_remat_does_not_change_gradients(live):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("group, inputs", [("ref", ("ref_latent", "ref_cam_pose")),
-                                           ("cam", ("cam_pose",)),
-                                           ("control", ("plucker", "anchor_latent"))])
+@pytest.mark.parametrize(
+  "group, inputs",
+  [
+    ("ref", ("ref_latent", "ref_cam_pose")),
+    ("cam", ("cam_pose",)),
+    ("control", ("plucker", "anchor_latent")),
+  ],
+)
 def test_dropped_condition_group_is_ignored(live, group, inputs):
   """A dropped group is replaced by its null token: its inputs no longer change the output."""
   params, _, (x_t, t, cond) = live
@@ -167,8 +198,8 @@ def test_dropped_condition_group_is_ignored(live, group, inputs):
   changed = dict(cond, **{k: cond[k] + rng.normal(size=cond[k].shape) for k in inputs})
   a = model.apply({"params": params}, x_t, t, cond, drop)
   b = model.apply({"params": params}, x_t, t, changed, drop)
-  np.testing.assert_allclose(a[0], b[0], rtol=0, atol=1e-6)   # dropped sample: unchanged
-  assert float(jnp.abs(a[1] - b[1]).max()) > 1e-4             # kept sample: conditioned
+  np.testing.assert_allclose(a[0], b[0], rtol=0, atol=1e-6)  # dropped sample: unchanged
+  assert float(jnp.abs(a[1] - b[1]).max()) > 1e-4  # kept sample: conditioned
 
 
 def test_biasing_is_neutral_at_trained_views_and_gamma_one(live):

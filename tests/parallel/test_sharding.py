@@ -1,4 +1,5 @@
 """Logical axis names on every parameter, and a sharded forward equal to the unsharded one."""
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -9,8 +10,17 @@ from pippo_jax.models.config import ModelConfig
 from pippo_jax.models.pippo import Pippo, dummy_inputs
 from pippo_jax.parallel import sharding
 
-CFG = ModelConfig(width=64, depth=2, num_heads=4, latent_size=8, image_size=32, num_views=3,
-                  cam_mlp_hidden=32, remat_policy="none", attention_impl="xla")
+CFG = ModelConfig(
+  width=64,
+  depth=2,
+  num_heads=4,
+  latent_size=8,
+  image_size=32,
+  num_views=3,
+  cam_mlp_hidden=32,
+  remat_policy="none",
+  attention_impl="xla",
+)
 
 
 def test_every_parameter_has_one_logical_name_per_axis():
@@ -56,6 +66,7 @@ def test_mesh_size_mismatch_is_a_clear_error():
 
 def test_config_rules_and_mesh_drive_the_shardings():
   from pippo_jax.configs import p3_posttrain  # pylint: disable=g-import-not-at-top
+
   config = p3_posttrain.get_config("size=smoke")
   config.sharding.mesh.update(data=2, fsdp=2, tensor=-1)
   rules = dict(sharding.rules_from_config(config.sharding.rules))
@@ -71,9 +82,11 @@ def test_config_rules_and_mesh_drive_the_shardings():
   boxed = jax.eval_shape(Pippo(CFG).init, jax.random.key(0), x_t, t, cond)["params"]
   kernel = lambda sh: sh["generator"]["blocks"]["in_proj"]["kernel"].spec
   assert kernel(sharding.param_shardings(boxed, mesh)) == jax.sharding.PartitionSpec(
-      None, "fsdp", "tensor")
+    None, "fsdp", "tensor"
+  )
   assert kernel(sharding.param_shardings(boxed, mesh, changed)) == jax.sharding.PartitionSpec(
-      None, "fsdp", None)
+    None, "fsdp", None
+  )
   config.sharding.mesh.update(data=-1, fsdp=-1)
   with pytest.raises(ConfigError, match="only one axis may be -1"):
     sharding.mesh_from_config(config.sharding.mesh)

@@ -97,8 +97,9 @@ def conv2d_nchw(x, w, b=None, stride=1, padding=0):
   cols = np.empty((n, c, kh, kw, h_out, w_out), dtype=np.float64)
   for i in range(kh):
     for j in range(kw):
-      cols[:, :, i, j] = xp[:, :, i:i + stride * (h_out - 1) + 1:stride,
-                            j:j + stride * (w_out - 1) + 1:stride]
+      cols[:, :, i, j] = xp[
+        :, :, i : i + stride * (h_out - 1) + 1 : stride, j : j + stride * (w_out - 1) + 1 : stride
+      ]
   y = np.einsum("nckluv,ockl->nouv", cols, w)
   if b is not None:
     y = y + _f64(b)[None, :, None, None]
@@ -147,10 +148,11 @@ def bilinear_resize_align_corners(x, out_h, out_w):
 
   y0, y1, fy = _coords(h, out_h)
   x0, x1, fx = _coords(w, out_w)
-  rows = (x[:, :, y0, :] * (1.0 - fy)[None, None, :, None]
-          + x[:, :, y1, :] * fy[None, None, :, None])
-  out = (rows[:, :, :, x0] * (1.0 - fx)[None, None, None, :]
-         + rows[:, :, :, x1] * fx[None, None, None, :])
+  rows = x[:, :, y0, :] * (1.0 - fy)[None, None, :, None] + x[:, :, y1, :] * fy[None, None, :, None]
+  out = (
+    rows[:, :, :, x0] * (1.0 - fx)[None, None, None, :]
+    + rows[:, :, :, x1] * fx[None, None, None, :]
+  )
   return out
 
 
@@ -163,7 +165,7 @@ def _sincos_1d(dim, pos):
   """[len(pos), dim]: [sin(pos * omega), cos(pos * omega)], dim/2 freqs."""
   assert dim % 2 == 0
   omega = np.arange(dim // 2, dtype=np.float64) / (dim / 2.0)
-  omega = 1.0 / 10000.0 ** omega
+  omega = 1.0 / 10000.0**omega
   out = np.outer(_f64(pos).reshape(-1), omega)
   return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
@@ -175,8 +177,9 @@ def sincos_2d_table(dim, grid_h, grid_w):
   encode the column index and the last dim/2 the row index.
   """
   assert dim % 4 == 0
-  rows, cols = np.meshgrid(np.arange(grid_h, dtype=np.float64),
-                           np.arange(grid_w, dtype=np.float64), indexing="ij")
+  rows, cols = np.meshgrid(
+    np.arange(grid_h, dtype=np.float64), np.arange(grid_w, dtype=np.float64), indexing="ij"
+  )
   emb_col = _sincos_1d(dim // 2, cols.reshape(-1))
   emb_row = _sincos_1d(dim // 2, rows.reshape(-1))
   return np.concatenate([emb_col, emb_row], axis=1)
@@ -186,8 +189,7 @@ def timestep_embedding(t, dim=256, max_period=1e4):
   """[len(t), dim] sinusoid ordered [cos(t f), sin(t f)]."""
   t = _f64(t).reshape(-1)
   half = dim // 2
-  freqs = np.exp(-math.log(max_period) * np.arange(half, dtype=np.float64)
-                 / half)
+  freqs = np.exp(-math.log(max_period) * np.arange(half, dtype=np.float64) / half)
   args = t[:, None] * freqs[None, :]
   emb = np.concatenate([np.cos(args), np.sin(args)], axis=-1)
   if dim % 2:
@@ -230,8 +232,7 @@ def patchify(weights, prefix, latent, patch=2):
     [N, (H/p) * (W/p), D] tokens, row-major over the token grid.
   """
   y = pixel_unshuffle(latent, patch)
-  y = conv2d_nchw(y, weights[prefix + ".blocks.1.weight"],
-                  weights[prefix + ".blocks.1.bias"])
+  y = conv2d_nchw(y, weights[prefix + ".blocks.1.weight"], weights[prefix + ".blocks.1.bias"])
   n, d, gh, gw = y.shape
   tokens = y.reshape(n, d, gh * gw).transpose(0, 2, 1)
   return layer_norm(tokens, eps=1e-6)
@@ -254,8 +255,7 @@ def unpatchify(weights, prefix, tokens, grid_h, grid_w, patch=2):
   y = layer_norm(tokens, eps=1e-6)
   n, _, d = y.shape
   y = y.transpose(0, 2, 1).reshape(n, d, grid_h, grid_w)
-  y = conv2d_nchw(y, weights[prefix + ".blocks.1.weight"],
-                  weights[prefix + ".blocks.1.bias"])
+  y = conv2d_nchw(y, weights[prefix + ".blocks.1.weight"], weights[prefix + ".blocks.1.bias"])
   return pixel_shuffle(y, patch)
 
 
@@ -288,12 +288,17 @@ def cam_mlp(weights, pose16, prefix="cam_mlp"):
   Returns:
     [..., D].
   """
-  x = layer_norm(pose16, weights[prefix + ".in_norm.weight"],
-                 weights[prefix + ".in_norm.bias"], eps=1e-5)
+  x = layer_norm(
+    pose16, weights[prefix + ".in_norm.weight"], weights[prefix + ".in_norm.bias"], eps=1e-5
+  )
   x = _lin(weights, prefix + ".in_proj", x)
   x = x + _f64(weights[prefix + ".pos_embed"]).reshape(-1)
-  x = layer_norm(x, weights[prefix + ".blocks.0.norm1.weight"],
-                 weights[prefix + ".blocks.0.norm1.bias"], eps=1e-5)
+  x = layer_norm(
+    x,
+    weights[prefix + ".blocks.0.norm1.weight"],
+    weights[prefix + ".blocks.0.norm1.bias"],
+    eps=1e-5,
+  )
   proj = _lin(weights, prefix + ".blocks.0.ff.net.0.proj", x)
   value, gate = np.split(proj, 2, axis=-1)
   x = value * gelu_exact(gate)
@@ -325,12 +330,10 @@ def attention(q, k, v, scale=None):
   return np.einsum("bhqk,bkhd->bqhd", p, v)
 
 
-def biased_attention_scale(tokens_per_view, total_views, train_views,
-                           head_dim, gamma=1.4):
+def biased_attention_scale(tokens_per_view, total_views, train_views, head_dim, gamma=1.4):
   """Attention-biasing scale of the spec (more views than at training)."""
   n = tokens_per_view * total_views
-  return math.sqrt(gamma * math.log(n)
-                   / math.log(tokens_per_view * train_views) / head_dim)
+  return math.sqrt(gamma * math.log(n) / math.log(tokens_per_view * train_views) / head_dim)
 
 
 def dit_block(weights, prefix, x, c, control=None, num_heads=4, scale=None):
@@ -364,12 +367,12 @@ def dit_block(weights, prefix, x, c, control=None, num_heads=4, scale=None):
   inter["cond_adaln.in.0"] = _f64(c)
   ada = _lin(weights, prefix + ".cond_adaln.1", silu(c))  # [B, 6D]
   inter["cond_adaln.out"] = ada
-  sh_a, sc_a, g_a, sh_m, sc_m, g_m = [
-      a[:, None, :] for a in np.split(ada, 6, axis=-1)]
+  sh_a, sc_a, g_a, sh_m, sc_m, g_m = [a[:, None, :] for a in np.split(ada, 6, axis=-1)]
 
   inter["in_norm.in.0"] = x
-  y = layer_norm(x, weights[prefix + ".in_norm.weight"],
-                 weights[prefix + ".in_norm.bias"], eps=1e-5)
+  y = layer_norm(
+    x, weights[prefix + ".in_norm.weight"], weights[prefix + ".in_norm.bias"], eps=1e-5
+  )
   inter["in_norm.out"] = y
   inter["in_proj.in.0"] = y
   proj = _lin(weights, prefix + ".in_proj", y)
@@ -382,10 +385,8 @@ def dit_block(weights, prefix, x, c, control=None, num_heads=4, scale=None):
   v = v.reshape(b, t, num_heads, hd)
   inter["q_norm.in.0"] = q
   inter["k_norm.in.0"] = k
-  q = layer_norm(q, weights[prefix + ".q_norm.weight"],
-                 weights[prefix + ".q_norm.bias"], eps=1e-5)
-  k = layer_norm(k, weights[prefix + ".k_norm.weight"],
-                 weights[prefix + ".k_norm.bias"], eps=1e-5)
+  q = layer_norm(q, weights[prefix + ".q_norm.weight"], weights[prefix + ".q_norm.bias"], eps=1e-5)
+  k = layer_norm(k, weights[prefix + ".k_norm.weight"], weights[prefix + ".k_norm.bias"], eps=1e-5)
   inter["q_norm.out"] = q
   inter["k_norm.out"] = k
 
@@ -447,20 +448,18 @@ def control_encoder(weights, prefix, x):
     [N, D, h/2, w/2] (NCHW, LayerNorm applied over channels, eps 1e-6).
   """
   p = prefix + ".conv_block"
-  y = conv2d_nchw(x, weights[p + ".0.weight"], weights[p + ".0.bias"],
-                  stride=1, padding=1)
+  y = conv2d_nchw(x, weights[p + ".0.weight"], weights[p + ".0.bias"], stride=1, padding=1)
   y = silu(y)
-  y = conv2d_nchw(y, weights[p + ".2.weight"], weights[p + ".2.bias"],
-                  stride=2, padding=1)
+  y = conv2d_nchw(y, weights[p + ".2.weight"], weights[p + ".2.bias"], stride=2, padding=1)
   y = silu(y)
   y = conv2d_nchw(y, weights[p + ".4.weight"], weights[p + ".4.bias"])
-  y = layer_norm(y.transpose(0, 2, 3, 1), weights[p + ".5.weight"],
-                 weights[p + ".5.bias"], eps=1e-6)
+  y = layer_norm(
+    y.transpose(0, 2, 3, 1), weights[p + ".5.weight"], weights[p + ".5.bias"], eps=1e-6
+  )
   return y.transpose(0, 3, 1, 2)
 
 
-def control_mlp(weights, t_views, anchor_latent, plucker, x_t_all,
-                prefix="control_mlp"):
+def control_mlp(weights, t_views, anchor_latent, plucker, x_t_all, prefix="control_mlp"):
   """ControlMLP: per-view pixel-aligned controls, one output per DiT block.
 
   Args:
@@ -474,7 +473,8 @@ def control_mlp(weights, t_views, anchor_latent, plucker, x_t_all,
   Returns:
     (list of depth arrays [N, tokens, D], dict of intermediates named like
     the golden ones without the prefix: "t_embedder.out",
-    "plucker_encoder.in.0" [N, H, W, 6], "plucker_encoder.out" [N, H, W, 32], "control_encoder.in.0",
+    "plucker_encoder.in.0" [N, H, W, 6], "plucker_encoder.out" [N, H, W, 32],
+    "control_encoder.in.0",
     "control_encoder.out", "out.<l>").
   """
   inter = {}
@@ -568,15 +568,12 @@ def pippo_forward(weights, inputs, depth, num_heads, attn_scale=None):
   inter["conds.cond_attn"] = ref_tok.reshape(b, nr, n_tok, d)
 
   # Target view tokens.
-  x_tok = patchify(weights, "generator.patchify",
-                   x_t.reshape(b * nv, c, h, w))
+  x_tok = patchify(weights, "generator.patchify", x_t.reshape(b * nv, c, h, w))
   inter["generator.patchify.out"] = x_tok
   tgt_cam = cam_mlp(weights, cam_pose.reshape(b * nv, 16))
   inter["cam_mlp.call1.out.0"] = tgt_cam
-  inter["conds.pos_enc_x"] = np.broadcast_to(
-      tgt_cam.reshape(b, nv, 1, d), (b, nv, n_tok, d)).copy()
-  x_tok = (x_tok + _f64(weights["generator.pos_embed"])
-           + tgt_cam[:, None, :])
+  inter["conds.pos_enc_x"] = np.broadcast_to(tgt_cam.reshape(b, nv, 1, d), (b, nv, n_tok, d)).copy()
+  x_tok = x_tok + _f64(weights["generator.pos_embed"]) + tgt_cam[:, None, :]
 
   # Time embedding, one t per sample.
   cvec = timestep_embedder(weights, "generator.t_embedder", t)
@@ -588,10 +585,12 @@ def pippo_forward(weights, inputs, depth, num_heads, attn_scale=None):
   plucker_all = np.concatenate([plucker, ref_plucker], axis=1)
   xt_all = np.concatenate([x_t, np.zeros_like(ref_latent)], axis=1)
   controls, cinter = control_mlp(
-      weights, t_views,
-      anchors_all.reshape(b * nviews, *anchors_all.shape[2:]),
-      plucker_all.reshape(b * nviews, *plucker_all.shape[2:]),
-      xt_all.reshape(b * nviews, *xt_all.shape[2:]))
+    weights,
+    t_views,
+    anchors_all.reshape(b * nviews, *anchors_all.shape[2:]),
+    plucker_all.reshape(b * nviews, *plucker_all.shape[2:]),
+    xt_all.reshape(b * nviews, *xt_all.shape[2:]),
+  )
   for k, v in cinter.items():
     inter["control_mlp." + k] = v
   for l, ctl in enumerate(controls):
@@ -600,8 +599,7 @@ def pippo_forward(weights, inputs, depth, num_heads, attn_scale=None):
   # Joint blocks over all views: [B, (NV + 1) * tokens, D]. The release adds
   # each control to *every* view's tokens, the reference included (the spec
   # text says target tokens only; the golden block outputs settle it).
-  xs = np.concatenate([x_tok.reshape(b, nv, n_tok, d),
-                       ref_tok.reshape(b, nr, n_tok, d)], axis=1)
+  xs = np.concatenate([x_tok.reshape(b, nv, n_tok, d), ref_tok.reshape(b, nr, n_tok, d)], axis=1)
   xs = xs.reshape(b, nviews * n_tok, d)
   for l in range(depth):
     pfx = f"generator.blocks.{l}"
@@ -609,8 +607,7 @@ def pippo_forward(weights, inputs, depth, num_heads, attn_scale=None):
     ctl = None
     if l < len(controls):
       ctl = controls[l].reshape(b, nviews * n_tok, d)
-    xs, binter = dit_block(weights, pfx, xs, cvec, ctl, num_heads=num_heads,
-                           scale=attn_scale)
+    xs, binter = dit_block(weights, pfx, xs, cvec, ctl, num_heads=num_heads, scale=attn_scale)
     for k, v in binter.items():
       if k not in ("out", "in.0", "in.control"):
         inter[f"{pfx}.{k}"] = v
@@ -622,7 +619,6 @@ def pippo_forward(weights, inputs, depth, num_heads, attn_scale=None):
   out_tok = xs.reshape(b, nviews, n_tok, d)[:, :nv].reshape(b * nv, n_tok, d)
   inter["generator.unpatchify.in.0"] = out_tok
   p = 2
-  eps = unpatchify(weights, "generator.unpatchify", out_tok, h // p, w // p,
-                   patch=p)
+  eps = unpatchify(weights, "generator.unpatchify", out_tok, h // p, w // p, patch=p)
   inter["generator.unpatchify.out"] = eps
   return eps.reshape(b, nv, c, h, w), inter

@@ -1,15 +1,16 @@
 """Checkpoints: a run saved on one mesh restores into another and keeps training there; a
 checkpoint from another model config and a run without a dataset are refused with clear messages."""
+
 import importlib
 import shutil
 
 import jax
 import numpy as np
 import pytest
-
 import training_helpers as helpers
-from pippo_jax.data_pipelines import pipelines
+
 from pippo_jax import checkpoints, config_lib
+from pippo_jax.data_pipelines import pipelines
 from pippo_jax.training import loop
 
 STAGE = "m2_midtrain"  # camera-conditioned; compiles faster than P3 (no control branch)
@@ -53,8 +54,9 @@ def test_restore_into_another_mesh(first_run):
   flat_saved, tree = jax.tree.flatten(saved)
   flat_moved, tree2 = jax.tree.flatten(moved)
   assert tree == tree2 and len(flat_saved) > 100
-  for a, b, old_sh, new_sh in zip(flat_saved, flat_moved, jax.tree.leaves(saved_sh),
-                                  jax.tree.leaves(moved_sh)):
+  for a, b, old_sh, new_sh in zip(
+    flat_saved, flat_moved, jax.tree.leaves(saved_sh), jax.tree.leaves(moved_sh)
+  ):
     np.testing.assert_array_equal(jax.device_get(a), jax.device_get(b))
     assert a.sharding == old_sh and b.sharding == new_sh
   kernel = moved.params["generator"]["blocks"]["in_proj"]["kernel"]
@@ -84,7 +86,9 @@ def test_resume_on_another_mesh_continues_training(first_run, tmp_path):
   state, step, _, _ = helpers.restore(workdir, config, fsdp=4, tensor=2)
   assert step == 6 and int(state.step) == 6
   at_4, _, _, _ = helpers.restore(first_run[0], config, fsdp=4, tensor=2)
-  kernel = lambda s: np.asarray(jax.device_get(s.params["generator"]["blocks"]["in_proj"]["kernel"]))
+  kernel = lambda s: np.asarray(
+    jax.device_get(s.params["generator"]["blocks"]["in_proj"]["kernel"])
+  )
   assert not np.array_equal(kernel(state), kernel(at_4))  # steps 5-6 trained on the new mesh
 
 
@@ -93,15 +97,19 @@ def test_checkpoint_of_another_model_config_is_refused(first_run):
   config = helpers.tiny_config(first_run[1].data.path, stage=STAGE, data=8)
   config.model.width = 48
   before = checkpoint_steps(workdir), helpers.read_metrics(workdir)
-  with pytest.raises(config_lib.ConfigError, match=r"different model config; mismatching keys: "
-                     r"model\.width \(checkpoint 32, given 48\)"):
+  with pytest.raises(
+    config_lib.ConfigError,
+    match=r"different model config; mismatching keys: "
+    r"model\.width \(checkpoint 32, given 48\)",
+  ):
     loop.train(config, str(workdir))
   assert (checkpoint_steps(workdir), helpers.read_metrics(workdir)) == before
 
 
 def test_missing_dataset_is_refused_for_real_sizes(tmp_path):
   config = importlib.import_module("pippo_jax.configs.p3_posttrain").get_config(
-      "size=tiny,res=128,views=2,batch=8")
+    "size=tiny,res=128,views=2,batch=8"
+  )
   assert config.data.path == ""
   with pytest.raises(ValueError, match=r"data\.path is empty"):
     loop.train(config, str(tmp_path / "run"))
@@ -149,7 +157,10 @@ def test_ema_can_be_turned_on_for_a_running_workdir_but_not_silently_off(studio,
   ema = jax.tree.leaves(state.ema_params)
   assert any(not np.array_equal(e, p) for e, p in zip(ema, jax.tree.leaves(state.params)))
   config.train.update(num_steps=6, ema_decay=0.0)
-  with pytest.raises(config_lib.ConfigError, match=r"train\.ema_decay=0, but the checkpoint at "
-                     r"step 4 .* keeps EMA parameters \(train\.ema_decay=0\.5\): pass "
-                     r"--config\.train\.ema_decay=0\.5"):
+  with pytest.raises(
+    config_lib.ConfigError,
+    match=r"train\.ema_decay=0, but the checkpoint at "
+    r"step 4 .* keeps EMA parameters \(train\.ema_decay=0\.5\): pass "
+    r"--config\.train\.ema_decay=0\.5",
+  ):
     loop.train(config, str(tmp_path))

@@ -1,5 +1,6 @@
 """launch/local.py stops what it started: SIGTERM is forwarded, and processes that do not exit
 within the grace period (stuck in a collective, ignoring the signal) are killed."""
+
 import os
 import pathlib
 import signal
@@ -22,10 +23,17 @@ def start_launcher(tmp_path, grace_s: float) -> tuple[subprocess.Popen, pathlib.
   pids, fake = tmp_path / "pids", tmp_path / "fake_python"
   fake.write_text(STUCK_CHILD.format(pids=pids))
   fake.chmod(0o755)
-  code = ("import sys; sys.path.insert(0, 'launch'); import local; "
-          f"sys.exit(local.launch(['--workdir=x'], 2, 1, python={str(fake)!r}, grace_s={grace_s}))")
-  proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, start_new_session=True)
+  code = (
+    "import sys; sys.path.insert(0, 'launch'); import local; "
+    f"sys.exit(local.launch(['--workdir=x'], 2, 1, python={str(fake)!r}, grace_s={grace_s}))"
+  )
+  proc = subprocess.Popen(
+    [sys.executable, "-c", code],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    start_new_session=True,
+  )
   deadline = time.time() + 30
   while not (pids.exists() and len(pids.read_text().split()) == 2):
     assert time.time() < deadline and proc.poll() is None, "the children did not start"

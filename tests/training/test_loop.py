@@ -1,5 +1,6 @@
 """The training loop on the synthetic studio: loss falls, logs and grids are written; stage
 transitions load what matches and keep new modules at their zero init."""
+
 import glob
 import importlib
 import json
@@ -11,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pippo_jax.data_pipelines import synthetic_studio
 from pippo_jax import checkpoints
+from pippo_jax.data_pipelines import synthetic_studio
 from pippo_jax.models.config import ModelConfig
 from pippo_jax.models.pippo import Pippo, dummy_inputs
 from pippo_jax.training import loop, transitions
@@ -21,8 +22,14 @@ from pippo_jax.training import loop, transitions
 def small_config(stage, arg):
   config = importlib.import_module(f"pippo_jax.configs.{stage}").get_config(arg)
   config.model.update(width=64, depth=2, num_heads=2, cam_mlp_hidden=16)
-  config.train.update(log_every=10, checkpoint_every=1000, sample_every=0, sample_steps=4,
-                      sample_batch=1, peak_flops=1e11)
+  config.train.update(
+    log_every=10,
+    checkpoint_every=1000,
+    sample_every=0,
+    sample_steps=4,
+    sample_batch=1,
+    peak_flops=1e11,
+  )
   config.sharding.mesh.update(data=1, fsdp=1, tensor=1)
   return config
 
@@ -30,8 +37,9 @@ def small_config(stage, arg):
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
   out = str(tmp_path_factory.mktemp("studio"))
-  settings = synthetic_studio.StudioSettings(seed=0, subjects=3, cameras=8, moments=1,
-                                             resolution=64, images_per_subject=2)
+  settings = synthetic_studio.StudioSettings(
+    seed=0, subjects=3, cameras=8, moments=1, resolution=64, images_per_subject=2
+  )
   synthetic_studio.write_studio(out, settings, ("captures",))
   return out + "/captures"
 
@@ -80,7 +88,7 @@ def test_stage_transition_p1_to_m2_keeps_the_function(tmp_path):
   x_t = jax.random.normal(jax.random.key(0), x_t.shape)
   cond = jax.tree.map(lambda a: a + jax.random.normal(jax.random.key(1), a.shape), cond)
   params1 = nn.unbox(jax.jit(Pippo(cfg1).init)(jax.random.key(2), x_t, t, cond)["params"])
-  params1 = jax.tree.map(lambda p: p + 0.05, params1)   # a "trained" P1 model
+  params1 = jax.tree.map(lambda p: p + 0.05, params1)  # a "trained" P1 model
   checkpoints.write_params(str(tmp_path / "p1"), params1, p1)
   params2 = nn.unbox(jax.jit(Pippo(cfg2).init)(jax.random.key(3), x_t, t, cond)["params"])
   merged, rows = transitions.merge(params2, checkpoints.read_params(str(tmp_path / "p1"))[0])
@@ -90,4 +98,4 @@ def test_stage_transition_p1_to_m2_keeps_the_function(tmp_path):
   assert "summary: loaded" in transitions.format_table(rows)
   out1 = Pippo(cfg1).apply({"params": params1}, x_t, t, {"ref_latent": cond["ref_latent"]})
   out2 = Pippo(cfg2).apply({"params": merged}, x_t, t, cond)
-  np.testing.assert_allclose(out2, out1, atol=1e-5)   # the zero-init camera MLP adds nothing
+  np.testing.assert_allclose(out2, out1, atol=1e-5)  # the zero-init camera MLP adds nothing

@@ -11,6 +11,7 @@ the same examples as the one-process run's in another order ([0, 2, 1, 3] for b 
 noise and condition drops by (epoch, record index), not by row (`step.example_keys`), so the two
 runs agree up to floating-point summation order. They are compared with 2 examples per process.
 """
+
 import json
 import os
 import pathlib
@@ -23,18 +24,19 @@ import time
 import jax
 import numpy as np
 import pytest
+import training_helpers as helpers
 from PIL import Image
 
+from pippo_jax import checkpoints
 from pippo_jax.configs import p3_posttrain
 from pippo_jax.data_pipelines import pipelines
-from pippo_jax import checkpoints
-import training_helpers as helpers
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NUM_STEPS, CHECKPOINT_EVERY = 8, 4
 # Every periodic action is on: logging (every step), checkpoints and sample grids.
-TRAIN_ARGS = helpers.train_cli_args(batch_size=4, num_steps=NUM_STEPS,
-                                     checkpoint_every=CHECKPOINT_EVERY, sample_every=4)
+TRAIN_ARGS = helpers.train_cli_args(
+  batch_size=4, num_steps=NUM_STEPS, checkpoint_every=CHECKPOINT_EVERY, sample_every=4
+)
 TIMEOUT = 300
 
 pytestmark = pytest.mark.slow
@@ -50,8 +52,12 @@ def child_env(tmp_path_factory, devices: int) -> dict:
   only, so on a restart process 0 would load its programs while process 1 compiles, and on a
   loaded machine the skew can exceed gloo's 30 s limit for setting up the first collective."""
   del tmp_path_factory
-  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    PYTHONUNBUFFERED="1",
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  )
 
 
 _STARTED = []
@@ -74,8 +80,11 @@ def stop_leftovers():
 
 def start(cmd, env, log_path) -> subprocess.Popen:
   with open(log_path, "ab") as log:
-    _STARTED.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True))
+    _STARTED.append(
+      subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+      )
+    )
   return _STARTED[-1]
 
 
@@ -91,15 +100,23 @@ def finish(proc: subprocess.Popen, log_path) -> str:
 
 
 def launcher(workdir, data, tmp_path_factory) -> subprocess.Popen:
-  cmd = [sys.executable, "launch/local.py", "--num_processes=2", "--devices_per_process=2", "--",
-         *TRAIN_ARGS, f"--config.data.path={data}", f"--workdir={workdir}"]
+  cmd = [
+    sys.executable,
+    "launch/local.py",
+    "--num_processes=2",
+    "--devices_per_process=2",
+    "--",
+    *TRAIN_ARGS,
+    f"--config.data.path={data}",
+    f"--workdir={workdir}",
+  ]
   return start(cmd, child_env(tmp_path_factory, 2), f"{workdir}.log")
 
 
 def losses(workdir) -> dict[int, float]:
   """Last logged loss per step (a resumed run logs the redone steps again); complete lines."""
   out, path = {}, pathlib.Path(workdir) / "metrics.jsonl"
-  for line in (path.read_text().split("\n")[:-1] if path.exists() else ()):
+  for line in path.read_text().split("\n")[:-1] if path.exists() else ():
     row = json.loads(line)
     out[row["step"]] = row["loss"]
   return out
@@ -124,8 +141,9 @@ def test_process_slices_form_the_global_batch(studio):
   for global_batch, order in ((2, [0, 1]), (4, [0, 2, 1, 3])):
     config.batch_size = global_batch
     one = next(pipelines.make_iterator(config.data, process_index=0, process_count=1))
-    parts = [next(pipelines.make_iterator(config.data, process_index=i, process_count=2))
-             for i in range(2)]
+    parts = [
+      next(pipelines.make_iterator(config.data, process_index=i, process_count=2)) for i in range(2)
+    ]
     for key, value in one.items():
       joined = np.concatenate([p[key] for p in parts])
       np.testing.assert_array_equal(joined, value[order], err_msg=key)
@@ -138,9 +156,18 @@ def test_two_processes_train_like_one(studio, tmp_path, tmp_path_factory):
   """2 processes x 2 devices == 1 process x 4 devices, through a SIGTERM (forwarded by the
   launcher: both processes save at one agreed step and exit 0) and a restart."""
   ref_dir, mp_dir = tmp_path / "one_process", tmp_path / "two_processes"
-  reference = start([sys.executable, "-m", "pippo_jax.cli.train", *TRAIN_ARGS,
-                     f"--config.data.path={studio}", f"--workdir={ref_dir}"],
-                    child_env(tmp_path_factory, 4), f"{ref_dir}.log")
+  reference = start(
+    [
+      sys.executable,
+      "-m",
+      "pippo_jax.cli.train",
+      *TRAIN_ARGS,
+      f"--config.data.path={studio}",
+      f"--workdir={ref_dir}",
+    ],
+    child_env(tmp_path_factory, 4),
+    f"{ref_dir}.log",
+  )
   first = launcher(mp_dir, studio, tmp_path_factory)
   deadline = time.time() + TIMEOUT
   while max(losses(mp_dir), default=0) < 2:  # inside the loop, past orbax's first save (step 1)
@@ -154,8 +181,11 @@ def test_two_processes_train_like_one(studio, tmp_path, tmp_path_factory):
   assert checkpoint_steps(mp_dir)[-1] == stopped  # saved at the step it stopped
   for i in range(2):  # both processes stopped at that step
     assert re.search(rf"\[p{i}\] .*SIGTERM: saved a checkpoint at step {stopped};", log)
-  data_states = sorted(p.name for p in (mp_dir / "checkpoints" / str(stopped) / "data").iterdir()
-                       if p.suffix == ".json")
+  data_states = sorted(
+    p.name
+    for p in (mp_dir / "checkpoints" / str(stopped) / "data").iterdir()
+    if p.suffix == ".json"
+  )
   assert data_states == ["process_0-of-2.json", "process_1-of-2.json"]
 
   finish(launcher(mp_dir, studio, tmp_path_factory), f"{mp_dir}.log")
@@ -173,8 +203,12 @@ def test_two_processes_train_like_one(studio, tmp_path, tmp_path_factory):
 
   ref_losses, mp_losses = losses(ref_dir), losses(mp_dir)
   assert sorted(mp_losses) == sorted(ref_losses) == list(range(1, NUM_STEPS + 1))
-  np.testing.assert_allclose([mp_losses[s] for s in sorted(mp_losses)],
-                             [ref_losses[s] for s in sorted(ref_losses)], rtol=1e-5, atol=0)
+  np.testing.assert_allclose(
+    [mp_losses[s] for s in sorted(mp_losses)],
+    [ref_losses[s] for s in sorted(ref_losses)],
+    rtol=1e-5,
+    atol=0,
+  )
   diff = max_param_diff(mp_dir, ref_dir)
   print(f"max |params(2 processes) - params(1 process)| = {diff:.3g}")
   assert diff <= 1e-5  # summation order only (rows arrive permuted)

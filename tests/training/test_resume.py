@@ -5,6 +5,7 @@ Each checkpoint carries the train state (parameters, Adam moments, step, RNG) an
 iterator state, so a restarted run replays exactly the batches and noise draws that followed the
 checkpoint: the loss curve (last value per step in metrics.jsonl) and the final parameters match.
 """
+
 import json
 import os
 import pathlib
@@ -16,15 +17,18 @@ import time
 import jax
 import numpy as np
 import pytest
+import training_helpers as helpers
 
 from pippo_jax import checkpoints
-import training_helpers as helpers
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NUM_STEPS, CHECKPOINT_EVERY = 20, 4  # long enough to kill the run between checkpoints
-TRAIN_ARGS = [sys.executable, "-m", "pippo_jax.cli.train",
-              *helpers.train_cli_args(batch_size=2, num_steps=NUM_STEPS,
-                                      checkpoint_every=CHECKPOINT_EVERY)]
+TRAIN_ARGS = [
+  sys.executable,
+  "-m",
+  "pippo_jax.cli.train",
+  *helpers.train_cli_args(batch_size=2, num_steps=NUM_STEPS, checkpoint_every=CHECKPOINT_EVERY),
+]
 TIMEOUT = 300
 
 pytestmark = pytest.mark.slow
@@ -54,17 +58,27 @@ class Run:
   def __init__(self, workdir, data, tmp_path_factory):
     self.workdir, self.log = pathlib.Path(workdir), pathlib.Path(f"{workdir}.log")
     self.cmd = [*TRAIN_ARGS, f"--config.data.path={data}", f"--workdir={workdir}"]
-    self.env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-                    XLA_FLAGS="--xla_force_host_platform_device_count=4",
-                    JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.getbasetemp() / "jax_cache"),
-                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    self.env = dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      PYTHONUNBUFFERED="1",
+      XLA_FLAGS="--xla_force_host_platform_device_count=4",
+      JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.getbasetemp() / "jax_cache"),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
     self.proc = None
 
   def start(self) -> "Run":
     with open(self.log, "ab") as log:
-      self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+      self.proc = subprocess.Popen(
+        self.cmd,
+        cwd=ROOT,
+        env=self.env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+      )
     _STARTED.append(self.proc)
     return self
 
@@ -76,7 +90,8 @@ class Run:
       self.proc.wait()
     text = self.log.read_text(errors="replace")
     assert self.proc.returncode == expect, (
-        f"exit status {self.proc.returncode}, expected {expect}; log tail:\n{text[-4000:]}")
+      f"exit status {self.proc.returncode}, expected {expect}; log tail:\n{text[-4000:]}"
+    )
     return text
 
   def wait_until(self, condition, what: str) -> None:
@@ -123,8 +138,9 @@ def assert_same_training(run: Run, ref: Run) -> float:
   """Same loss at every step and the same final parameters; returns max |param difference|."""
   ours, theirs = run.losses(), ref.losses()
   assert sorted(ours) == sorted(theirs) == list(range(1, NUM_STEPS + 1))
-  np.testing.assert_allclose([ours[s] for s in sorted(ours)], [theirs[s] for s in sorted(theirs)],
-                             rtol=1e-6, atol=0)
+  np.testing.assert_allclose(
+    [ours[s] for s in sorted(ours)], [theirs[s] for s in sorted(theirs)], rtol=1e-6, atol=0
+  )
   assert run.checkpoints()[-1] == NUM_STEPS
   a, b = checkpoints.read_params(str(run.workdir))[0], checkpoints.read_params(str(ref.workdir))[0]
   assert jax.tree.structure(a) == jax.tree.structure(b)
@@ -154,9 +170,12 @@ def test_kill9_and_restart_matches_uninterrupted(studio, tmp_path, tmp_path_fact
   # keeps each step once (the lines past the restored step were dropped on resume).
   assert [r["step"] for r in run.rows()] == list(range(1, NUM_STEPS + 1))
   after = run.losses()
-  np.testing.assert_allclose([after[s] for s in range(resume_from + 1, killed_at + 1)],
-                             [before[s] for s in range(resume_from + 1, killed_at + 1)],
-                             rtol=1e-6, atol=0)
+  np.testing.assert_allclose(
+    [after[s] for s in range(resume_from + 1, killed_at + 1)],
+    [before[s] for s in range(resume_from + 1, killed_at + 1)],
+    rtol=1e-6,
+    atol=0,
+  )
   diff = assert_same_training(run, reference())
   print(f"kill -9 at step {killed_at}, resumed from {resume_from}: max |param diff| = {diff:.3g}")
 

@@ -1,4 +1,5 @@
 """WORKDIR/run.lock: a live holder is named and refused; a stale lock is taken over."""
+
 import json
 import os
 import socket
@@ -12,8 +13,13 @@ from pippo_jax.training import run_lock
 
 
 def write_lock(workdir, **fields):
-  record = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
-            "heartbeat": time.time(), **fields}
+  record = {
+    "host": socket.gethostname(),
+    "pid": os.getpid(),
+    "started": time.time(),
+    "heartbeat": time.time(),
+    **fields,
+  }
   (workdir / run_lock.LOCK_FILE).write_text(json.dumps(record))
   return record
 
@@ -47,10 +53,13 @@ def test_a_holder_on_another_host_with_a_fresh_heartbeat_is_refused(tmp_path):
     run_lock.RunLock(str(tmp_path)).acquire()
 
 
-@pytest.mark.parametrize("fields, reason", [
-    (dict(pid=None), "is gone"),                                      # killed run on this host
+@pytest.mark.parametrize(
+  "fields, reason",
+  [
+    (dict(pid=None), "is gone"),  # killed run on this host
     (dict(host="other-host", heartbeat=time.time() - 2 * run_lock.STALE_S), "heartbeat is"),
-])
+  ],
+)
 def test_a_stale_lock_is_taken_over_with_a_note(tmp_path, capsys, fields, reason):
   if fields.get("pid", 0) is None:
     fields = dict(fields, pid=dead_pid())

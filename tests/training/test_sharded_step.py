@@ -1,18 +1,22 @@
 """The sharded train step equals the single-device one; parameters and Adam moments are sharded;
 runs that cannot work stop before training with a message saying why."""
+
 import jax
 import numpy as np
 import pytest
-
 import training_helpers as helpers
+
 from pippo_jax.data_pipelines import pipelines
 from pippo_jax.diffusion import schedule as schedule_lib
-from pippo_jax.models import codec as codec_lib, inputs
+from pippo_jax.models import codec as codec_lib
+from pippo_jax.models import inputs
 from pippo_jax.models import params as params_lib
 from pippo_jax.models.config import ModelConfig
 from pippo_jax.models.pippo import Pippo
 from pippo_jax.parallel import sharding
-from pippo_jax.training import loop, state as state_lib, step as step_lib
+from pippo_jax.training import loop
+from pippo_jax.training import state as state_lib
+from pippo_jax.training import step as step_lib
 
 KERNEL = ("generator", "blocks", "in_proj", "kernel")  # [layers, embed, mlp]
 
@@ -27,7 +31,7 @@ def adam_moments(opt_state, param_path: tuple) -> dict:
   for path, leaf in jax.tree_util.tree_leaves_with_path(opt_state):
     keys = _keys(path)
     for name in ("mu", "nu"):
-      if name in keys and keys[keys.index(name) + 1:] == param_path:
+      if name in keys and keys[keys.index(name) + 1 :] == param_path:
         found[name] = leaf
   return found
 
@@ -48,14 +52,14 @@ class Run:
     self.config = config
     self.cfg = ModelConfig.from_config(config.model)
     self.model = Pippo(self.cfg)
-    self.tx = state_lib.make_optimizer(config.optimizer,
-                                       params_lib.abstract(self.cfg))
+    self.tx = state_lib.make_optimizer(config.optimizer, params_lib.abstract(self.cfg))
     data = pipelines.make_iterator(config.data)
     keys = inputs.batch_keys(self.cfg, config.diffusion.loss_mask)
     self.batches = [{k: np.asarray(b[k]) for k in keys} for b in (next(data), next(data))]
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
-    state, _ = state_lib.init_train_state(self.model, self.tx, self.cfg, mesh, config.seed,
-                                          use_ema=True)
+    state, _ = state_lib.init_train_state(
+      self.model, self.tx, self.cfg, mesh, config.seed, use_ema=True
+    )
     self.initial = jax.device_get(state)
 
   def two_steps(self, mesh):
@@ -64,10 +68,18 @@ class Run:
     _, shardings = state_lib.state_shardings(self.model, self.tx, self.cfg, mesh, use_ema=True)
     state = jax.device_put(self.initial, shardings)
     step_fn = step_lib.compile_train_step(
-        shardings, mesh, model=self.model, tx=self.tx, codec=codec_lib.make_codec(c.codec),
-        cfg=self.cfg, schedule=schedule_lib.cosine_schedule(
-            c.diffusion.num_timesteps, c.diffusion.cosine_s, c.diffusion.max_beta),
-        diffusion_cfg=c.diffusion, ema_decay=float(c.train.ema_decay))
+      shardings,
+      mesh,
+      model=self.model,
+      tx=self.tx,
+      codec=codec_lib.make_codec(c.codec),
+      cfg=self.cfg,
+      schedule=schedule_lib.cosine_schedule(
+        c.diffusion.num_timesteps, c.diffusion.cosine_s, c.diffusion.max_beta
+      ),
+      diffusion_cfg=c.diffusion,
+      ema_decay=float(c.train.ema_decay),
+    )
     metrics = []
     for host in self.batches:
       batch = loop.global_batch(host, host.keys(), sharding.batch_sharding(mesh))
@@ -94,8 +106,9 @@ def single(run):
   return jax.device_get(state), metrics
 
 
-@pytest.mark.parametrize("axes", [dict(data=2, fsdp=4), dict(fsdp=4, tensor=2)],
-                         ids=["data2_fsdp4", "fsdp4_tensor2"])
+@pytest.mark.parametrize(
+  "axes", [dict(data=2, fsdp=4), dict(fsdp=4, tensor=2)], ids=["data2_fsdp4", "fsdp4_tensor2"]
+)
 def test_sharded_step_matches_single_device(run, single, axes):
   ref_state, ref_metrics = single
   mesh = sharding.make_mesh(**axes)
@@ -110,8 +123,11 @@ def test_sharded_step_matches_single_device(run, single, axes):
   assert max(jax.tree.leaves(moved)) > 1e-3  # the comparison below is not vacuous
   host = jax.device_get(state)
   for name in ("params", "ema_params", "opt_state"):
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6),
-                 getattr(host, name), getattr(ref_state, name))
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6),
+      getattr(host, name),
+      getattr(ref_state, name),
+    )
   np.testing.assert_array_equal(host.rng, ref_state.rng)
 
   # Parameters, their EMA and both Adam moments live in shards over fsdp (embed) and tensor (mlp).
@@ -135,8 +151,11 @@ def test_sharded_step_matches_single_device(run, single, axes):
 
 def test_batch_not_divisible_by_data_axes_fails_before_training(tmp_path):
   config = helpers.tiny_config(str(tmp_path / "never_read"), batch_size=6, data=4, fsdp=2)
-  with pytest.raises(ValueError, match="batch_size=6 is not divisible by the data-parallel mesh "
-                                       r"axes data x fsdp = 8"):
+  with pytest.raises(
+    ValueError,
+    match="batch_size=6 is not divisible by the data-parallel mesh "
+    r"axes data x fsdp = 8",
+  ):
     loop.train(config, str(tmp_path / "run"))
   assert not (tmp_path / "run" / "checkpoints").exists()
 

@@ -1,6 +1,7 @@
 """pippo-train as a user runs it: the README's main command from a fresh directory with a relative
 --workdir (trains, checkpoints, samples, resumes), one-line usage errors with exit status 2, and
 a refused second run on a workdir in use."""
+
 import json
 import os
 import pathlib
@@ -28,8 +29,9 @@ def user_env() -> dict:
 
 
 def pippo_train(args, cwd, timeout=600) -> subprocess.CompletedProcess:
-  return subprocess.run([PIPPO_TRAIN, *args], cwd=cwd, env=user_env(), capture_output=True,
-                        text=True, timeout=timeout)
+  return subprocess.run(
+    [PIPPO_TRAIN, *args], cwd=cwd, env=user_env(), capture_output=True, text=True, timeout=timeout
+  )
 
 
 def logged_errors(log: str) -> list[str]:
@@ -45,9 +47,15 @@ def user_dir(tmp_path):
 
 
 def test_readme_main_command_trains_checkpoints_samples_and_resumes(user_dir):
-  first = pippo_train([*README_COMMAND, "--config.train.num_steps=30",
-                       "--config.train.checkpoint_every=10", "--config.train.sample_every=15"],
-                      user_dir)
+  first = pippo_train(
+    [
+      *README_COMMAND,
+      "--config.train.num_steps=30",
+      "--config.train.checkpoint_every=10",
+      "--config.train.sample_every=15",
+    ],
+    user_dir,
+  )
   log = first.stdout + first.stderr
   assert first.returncode == 0, log[-4000:]
   workdir = user_dir / "workdir" / "smoke"
@@ -59,9 +67,15 @@ def test_readme_main_command_trains_checkpoints_samples_and_resumes(user_dir):
   assert not logged_errors(log), log[-4000:]
   assert not (workdir / run_lock.LOCK_FILE).exists()
 
-  again = pippo_train([*README_COMMAND, "--config.train.num_steps=40",
-                       "--config.train.checkpoint_every=10", "--config.train.sample_every=15"],
-                      user_dir)
+  again = pippo_train(
+    [
+      *README_COMMAND,
+      "--config.train.num_steps=40",
+      "--config.train.checkpoint_every=10",
+      "--config.train.sample_every=15",
+    ],
+    user_dir,
+  )
   log = again.stdout + again.stderr
   assert again.returncode == 0, log[-4000:]
   assert "restored step 30 from" in log and not logged_errors(log)
@@ -70,14 +84,17 @@ def test_readme_main_command_trains_checkpoints_samples_and_resumes(user_dir):
   assert steps == [30, 40]  # logged at the end of each run (log_every=50)
 
 
-@pytest.mark.parametrize("override, message", [
+@pytest.mark.parametrize(
+  "override, message",
+  [
     ("--config.model.widht=3", 'unknown config key config.model.widht (did you mean "width"?)'),
     ("--config.sharding.mesh.dat=2", "unknown config key config.sharding.mesh.dat"),
     ("--config.model.width=wide", "flag --config.model.width=wide: invalid literal for int()"),
     ("--config.model.num_heads=3", "model.num_heads=3 does not divide model.width=128"),
     ("--config.optimizer.decay=cos", "optimizer.decay='cos'; choose from"),
     ("--config.model.use_cam_mlp=false", "model.use_control_mlp=True needs model.use_cam_mlp=True"),
-])
+  ],
+)
 def test_config_errors_exit_2_with_one_line_naming_the_key(user_dir, override, message):
   result = pippo_train([*README_COMMAND, override], user_dir, timeout=120)
   assert result.returncode == 2, result.stderr[-3000:]
@@ -87,29 +104,40 @@ def test_config_errors_exit_2_with_one_line_naming_the_key(user_dir, override, m
   assert not (user_dir / "workdir" / "smoke" / "cache").exists()  # refused before any work
 
 
-@pytest.mark.parametrize("config, message", [
+@pytest.mark.parametrize(
+  "config, message",
+  [
     ("configs/p3_posttrain.py:siz=smoke", "unknown config variant key 'siz'"),
     ("configs/p3_posttrain.py:size=smol", "unknown size 'smol'"),
     ("configs/p4.py", "No such file or directory"),
-])
+  ],
+)
 def test_variant_and_file_errors_exit_2(user_dir, config, message):
   result = pippo_train(["--config", config, "--workdir", "w"], user_dir, timeout=120)
   assert result.returncode == 2 and message in result.stderr.strip().splitlines()[-1], (
-      result.stderr[-3000:])
+    result.stderr[-3000:]
+  )
 
 
 @pytest.mark.parametrize("program", ["pippo-train", "pippo-inspect", "pippo-convert"])
 def test_every_config_cli_answers_help_and_usage_errors(program):
   exe = str(pathlib.Path(sys.executable).parent / program)
-  help_run = subprocess.run([exe, "--help"], env=user_env(), capture_output=True, text=True,
-                            timeout=120, cwd=ROOT)
+  help_run = subprocess.run(
+    [exe, "--help"], env=user_env(), capture_output=True, text=True, timeout=120, cwd=ROOT
+  )
   assert help_run.returncode == 0 and "--config" in help_run.stdout
-  bad = subprocess.run([exe, "--config", "configs/p3_posttrain.py:size=smoke",
-                        "--config.model.widht=3"], env=user_env(), capture_output=True,
-                       text=True, timeout=120, cwd=ROOT)
+  bad = subprocess.run(
+    [exe, "--config", "configs/p3_posttrain.py:size=smoke", "--config.model.widht=3"],
+    env=user_env(),
+    capture_output=True,
+    text=True,
+    timeout=120,
+    cwd=ROOT,
+  )
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines()[-1] == (
-      f'{program}: error: unknown config key config.model.widht (did you mean "width"?)')
+    f'{program}: error: unknown config key config.model.widht (did you mean "width"?)'
+  )
 
 
 def test_a_workdir_in_use_is_refused_naming_the_holder(user_dir):
@@ -118,15 +146,19 @@ def test_a_workdir_in_use_is_refused_naming_the_holder(user_dir):
   holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
   try:
     started = time.time()
-    (workdir / run_lock.LOCK_FILE).write_text(json.dumps(
-        {"host": socket.gethostname(), "pid": holder.pid, "started": started,
-         "heartbeat": started}))
+    (workdir / run_lock.LOCK_FILE).write_text(
+      json.dumps(
+        {"host": socket.gethostname(), "pid": holder.pid, "started": started, "heartbeat": started}
+      )
+    )
     result = pippo_train(README_COMMAND, user_dir, timeout=120)
   finally:
     holder.kill()
     holder.wait()
   assert result.returncode == 1, result.stderr[-3000:]
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith(f"pippo-train: error: {workdir} is in use by another run (host "
-                         f"{socket.gethostname()!r}, pid {holder.pid}, started "), last
+  assert last.startswith(
+    f"pippo-train: error: {workdir} is in use by another run (host "
+    f"{socket.gethostname()!r}, pid {holder.pid}, started "
+  ), last
   assert not (workdir / "cache").exists() and not (workdir / "checkpoints").exists()
