@@ -178,7 +178,8 @@ class IteratorSnapshot:
   `get_state`): the training loop reads one batch ahead of the step it checkpoints."""
 
   def __init__(self, iterator):
-    self._state = json.dumps(iterator.get_state()).encode()
+    state = iterator.get_state()  # a dict (grain.DatasetIterator) or JSON bytes (others)
+    self._state = state if isinstance(state, bytes) else json.dumps(state).encode()
 
   def get_state(self) -> bytes:
     return self._state

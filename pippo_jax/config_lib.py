@@ -5,6 +5,8 @@ pairs (`res=512,size=tiny,views=8`), as in big_vision. Configs are plain data (m
 everything a user may turn is a key, and `validate` checks the combination at config time.
 """
 
+import math
+
 import ml_collections
 
 from pippo_jax.data_pipelines.config import default_data_config
@@ -258,6 +260,15 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise ConfigError(f"optimizer.name={config.optimizer.name!r}: only 'adamw' is implemented")
   if config.optimizer.decay not in DECAYS:
     raise ConfigError(f"optimizer.decay={config.optimizer.decay!r}; choose from {DECAYS}")
+  # The train step skips a step on a non-finite loss or gradient alone: finite hyperparameters
+  # then make a finite update.
+  for key in ("lr", "b1", "b2", "eps", "weight_decay", "grad_clip"):
+    value = config.optimizer[key]
+    if not math.isfinite(value) or value < 0:
+      raise ConfigError(f"optimizer.{key}={value} must be finite and >= 0")
+  for name, mult in dict(config.optimizer.lr_multipliers).items():
+    if not math.isfinite(mult) or mult < 0:
+      raise ConfigError(f"optimizer.lr_multipliers.{name}={mult} must be finite and >= 0")
   for group, p in config.diffusion.cond_drop.items():
     if not 0.0 <= p <= 1.0:
       raise ConfigError(f"diffusion.cond_drop.{group}={p} is not a probability")

@@ -8,6 +8,7 @@ import training_helpers as helpers
 
 from pippo_jax.data_pipelines import pipelines
 from pippo_jax.diffusion import schedule as schedule_lib
+from pippo_jax.errors import ConfigError
 from pippo_jax.models import codec as codec_lib
 from pippo_jax.models import inputs
 from pippo_jax.models import params as params_lib
@@ -160,19 +161,39 @@ def test_batch_not_divisible_by_data_axes_fails_before_training(tmp_path):
   assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_non_finite_steps_stop_the_run_and_keep_finite_parameters(studio, tmp_path):
-  """A NaN learning rate: the first step's loss and gradients are finite but its update is not.
-  Such steps are skipped (state untouched) and the run stops after `train.max_nonfinite`."""
+class NaNPoses:
+  """A data iterator whose camera poses are NaN (the loss and gradients are then NaN)."""
+
+  def __init__(self, iterator):
+    self.iterator = iterator
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    batch = dict(next(self.iterator))
+    batch["target_cam_pose"] = np.full_like(batch["target_cam_pose"], np.nan)
+    return batch
+
+  def get_state(self):
+    return self.iterator.get_state()
+
+
+def test_non_finite_steps_stop_the_run_and_keep_finite_parameters(studio, tmp_path, monkeypatch):
+  """Batches with NaN camera poses: non-finite loss and gradients. Such steps are skipped (state
+  untouched) and the run stops after `train.max_nonfinite`."""
   config = helpers.tiny_config(studio, stage="m2_midtrain", fsdp=4, tensor=2)
-  config.optimizer.update(lr=float("nan"), warmup_steps=0)
   config.train.update(max_nonfinite=2, num_steps=6, checkpoint_every=1, log_every=1)
+  make_iterator = pipelines.make_iterator
+  monkeypatch.setattr(pipelines, "make_iterator", lambda cfg: NaNPoses(make_iterator(cfg)))
   workdir = tmp_path / "run"
   with pytest.raises(FloatingPointError, match="2 non-finite steps in a row at step 2 "):
     loop.train(config, str(workdir))
+  monkeypatch.undo()
   logged = helpers.read_metrics(workdir)
   assert [m["step"] for m in logged] == [1]
   assert logged[0]["skipped"] == 1.0
-  assert np.isfinite(logged[0]["loss"]) and np.isfinite(logged[0]["grad_norm"])
+  assert not np.isfinite(logged[0]["loss"])
   # The checkpoint of the skipped step 1 holds the initial, finite parameters; Adam never ran.
   state, step, _, _ = helpers.restore(workdir, config, fsdp=4, tensor=2)
   assert step == 1 and int(state.step) == 1 and int(state.nonfinite) == 1
@@ -197,3 +218,12 @@ def test_step_follows_examples_not_rows(run, single):
     np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
   for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(ref_state.params)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6)
+
+
+@pytest.mark.parametrize("key, value", [("lr", float("nan")), ("eps", float("inf")), ("b2", -1.0)])
+def test_non_finite_optimizer_settings_are_refused_before_training(tmp_path, key, value):
+  config = helpers.tiny_config(str(tmp_path / "never_read"))
+  config.optimizer[key] = value
+  with pytest.raises(ConfigError, match=rf"optimizer\.{key}=.* must be finite and >= 0"):
+    loop.train(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run" / "checkpoints").exists()

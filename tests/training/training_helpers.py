@@ -48,8 +48,7 @@ def tiny_config(data_path: str, *, batch_size: int = 8, stage: str = "p3_posttra
   """A P3 smoke config shrunk to seconds per step: width 32, depth 2, two target views at 64 px.
 
   `mesh` overrides `sharding.mesh` (unnamed axes are 1). Logging, checkpoints and samples are left
-  to
-  the caller; the MFU peak is fixed so no matmul benchmark runs.
+  to the caller; the MFU peak is fixed.
   """
   config = importlib.import_module(f"pippo_jax.configs.{stage}").get_config("size=smoke,views=2")
   config.model.update(TINY_MODEL)
