@@ -16,6 +16,7 @@ import dataclasses
 import importlib.util
 import time
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,11 +33,11 @@ from pippo_jax.training import state as state_lib
 from pippo_jax.training import step as step_lib
 
 
-@dataclasses.dataclass(frozen=True)
+@flax.struct.dataclass
 class LatentCodec:
   """The batch's image keys already hold latents: encode is the identity (the VAE is not timed)."""
 
-  downsample: int = 1
+  downsample: int = flax.struct.field(pytree_node=False, default=1)
 
   def encode(self, latents, key=None):
     del key

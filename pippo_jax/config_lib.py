@@ -82,8 +82,10 @@ def codec_config(kind: str, downsample: int = 8) -> ml_collections.ConfigDict:
         latent_channels=4,
         scale_factor=0.13025,
         shift_factor=0.0,
-        weights_path="",
+        weights_path="",  # a diffusers folder or one .safetensors file (see models.autoencoder)
         sample_posterior=True,
+        dtype="float32",  # the VAE's matmul/conv inputs (GroupNorm statistics stay float32)
+        chunk=0,  # images per encode/decode call (0: all at once); bounds the VAE's memory
       )
     )
   if kind == "space_to_depth":

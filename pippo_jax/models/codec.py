@@ -112,7 +112,7 @@ def _load_sdxl_vae(codec_cfg) -> SDXLVAECodec:
     scale_factor=codec_cfg.get("scale_factor", vae_cfg.scaling_factor),
     shift_factor=codec_cfg.get("shift_factor", vae_cfg.shift_factor),
     sample_posterior=codec_cfg.get("sample_posterior", True),
-    chunk=codec_cfg.get("chunk", None),
+    chunk=codec_cfg.get("chunk", 0) or None,
   )
   for key in ("latent_channels", "downsample"):
     if key in codec_cfg and codec_cfg[key] != getattr(codec, key):

@@ -356,14 +356,15 @@ class StopSignals:
 
 
 def make_sampler(model, codec, cfg, schedule, config):
-  """Jitted (params, batch) -> uint8 views, with a fixed key so grids are comparable over time."""
+  """(params, batch) -> uint8 views, jitted with the codec as an argument (its weights are not
+  baked into the program), with a fixed key so grids are comparable over time."""
   key = jax.random.key(config.seed + 1)
-  return jax.jit(
-    lambda p, b: sample_lib.sample_views(
+  sample = jax.jit(
+    lambda p, b, c: sample_lib.sample_views(
       model,
       p,
       b,
-      codec,
+      c,
       cfg,
       schedule,
       key,
@@ -372,6 +373,7 @@ def make_sampler(model, codec, cfg, schedule, config):
       parameterization=config.diffusion.prediction,
     )
   )
+  return lambda params, batch: sample(params, batch, codec)
 
 
 def write_samples(workdir, writer, step, sampler, state, host_batch, keys, batch_sh, mesh, rules):

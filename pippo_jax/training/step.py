@@ -43,10 +43,10 @@ def loss_and_metrics(params, model, codec, cfg: ModelConfig, schedule, diffusion
   noised, drop = jax.vmap(per_example)(rows[:, 0], rows[:, 1], x0)
   pred = model.apply({"params": params}, noised.x_t, noised.t, cond, drop)
   mask = None
-  if diffusion_cfg.loss_mask == "person":
+  if diffusion_cfg.loss_mask == "person":  # latent cells with any person pixel
     mask = jnp.broadcast_to(
-      codec.encode(batch[inputs.MASK_KEY][..., None].repeat(3, -1)) > -1, pred.shape
-    )  # latent cells with any person pixel
+      inputs.latent_mask(batch[inputs.MASK_KEY], codec.downsample), pred.shape
+    )
   loss = objective.diffusion_loss(pred, noised.target, mask)
   return loss, {"loss": loss}
 
@@ -99,16 +99,22 @@ def train_step(
   return new_state, metrics
 
 
-def compile_train_step(state_shardings, mesh, rules=shard_lib.LOGICAL_RULES, **kwargs):
-  """`train_step` jitted with state/batch shardings and the state donated. Call it inside
-  `sharding.activate(mesh, rules)` (see `run_step`)."""
+def compile_train_step(state_shardings, mesh, rules=shard_lib.LOGICAL_RULES, *, codec, **kwargs):
+  """`train_step` jitted with state/batch shardings and the state donated: a `(state, batch)`
+  function (with `.lower(state, batch)`). Call it inside `sharding.activate(mesh, rules)` (see
+  `run_step`). The codec (the VAE's weights, a pytree) is an argument of the compiled function,
+  replicated once, not constants baked into it."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  return jax.jit(
-    lambda s, b: train_step(s, b, **kwargs),
-    in_shardings=(state_shardings, shard_lib.batch_sharding(mesh, rules)),
+  jitted = jax.jit(
+    lambda s, b, c: train_step(s, b, codec=c, **kwargs),
+    in_shardings=(state_shardings, shard_lib.batch_sharding(mesh, rules), replicated),
     out_shardings=(state_shardings, replicated),
     donate_argnums=(0,),
   )
+  codec = jax.device_put(codec, replicated)
+  step = lambda state, batch: jitted(state, batch, codec)
+  step.lower = lambda state, batch: jitted.lower(state, batch, codec)
+  return step
 
 
 def run_step(step_fn, mesh, state, batch, rules=shard_lib.LOGICAL_RULES):

@@ -31,3 +31,21 @@ def test_codec_config_errors():
   bad.kind = "sdxl_vae"
   with pytest.raises(ValueError, match="space_to_depth"):
     codec_lib.make_codec(bad)
+
+
+def test_latent_mask_marks_cells_with_any_person_pixel():
+  from pippo_jax.models import inputs  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  mask = (rng.random((2, 3, 32, 32)) > 0.97).astype(np.uint8) * 255
+  got = np.asarray(inputs.latent_mask(mask, 8))
+  want = np.zeros((2, 3, 4, 4, 1), bool)
+  for i in range(4):
+    for j in range(4):
+      want[..., i, j, 0] = mask[..., 8 * i : 8 * i + 8, 8 * j : 8 * j + 8].any(axis=(-2, -1))
+  np.testing.assert_array_equal(got, want)
+  assert want.any() and not want.all()
+  # For space-to-depth it is what the codec's own encoding of the mask marks.
+  codec = codec_lib.SpaceToDepthCodec(downsample=8)
+  via_codec = np.asarray(codec.encode(np.repeat(mask[..., None], 3, -1)) > -1).any(-1)
+  np.testing.assert_array_equal(got[..., 0], via_codec)
