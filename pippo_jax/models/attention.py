@@ -123,7 +123,8 @@ def dot_product_attention(
     scale: multiplies the logits `q . k` (e.g. `1 / sqrt(head_dim)` or
       `biased_attention_scale(...)`).
     implementation: one of `IMPLEMENTATIONS`. With "auto" on a GPU, float32
-      inputs fall back to "xla" since cuDNN needs float16/bfloat16.
+      inputs fall back to "xla" since cuDNN needs float16/bfloat16; on CPUs,
+      sequences of one tile (<= block_q, block_kv) use "blockwise".
     block_q: query tile size for "blockwise" and "splash".
     block_kv: key/value tile size for "blockwise" and "splash".
 
@@ -134,6 +135,15 @@ def dot_product_attention(
   impl = resolve_implementation(implementation)
   if implementation == "auto" and impl == "cudnn" and q.dtype not in (jnp.float16, jnp.bfloat16):
     impl = "xla"
+  if (
+    implementation == "auto"
+    and impl == "xla"
+    and max(q.shape[1], k.shape[1]) <= min(block_q, block_kv)
+  ):
+    # One tile: "blockwise" is then a fused softmax with a recomputing backward, and on CPUs
+    # 2-2.5x faster than XLA's forward+backward (320 tokens x 24 heads of 32: 15 vs 38 ms;
+    # 192 x 2 of 64: 3.2 vs 6.9 ms); with several tiles "xla" is faster there.
+    impl = "blockwise"
   scale = float(scale)
   if impl == "xla":
     out = jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="xla")
