@@ -92,6 +92,10 @@ def activate(mesh: Mesh, rules=LOGICAL_RULES):
     yield
 
 
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
 def batch_sharding(mesh: Mesh, rules=LOGICAL_RULES) -> NamedSharding:
   """Leading (batch) axis sharded as the `act_batch` activations; the rest replicated."""
   return NamedSharding(mesh, PartitionSpec(*nn.logical_to_mesh_axes(("act_batch",), rules)))

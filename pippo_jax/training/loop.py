@@ -162,7 +162,9 @@ def _train(config, workdir: str) -> dict:
   model = Pippo(cfg)
   tx = state_lib.make_optimizer(config.optimizer, params_lib.abstract(cfg))
   ensure_dataset(config, workdir)
-  codec = codec_lib.make_codec(config.codec)
+  # The codec's weights (a VAE's) on every device once; the step and the sampler take them as an
+  # argument.
+  codec = jax.device_put(codec_lib.make_codec(config.codec), sharding.replicated(mesh))
   schedule = schedule_lib.cosine_schedule(
     config.diffusion.num_timesteps, config.diffusion.cosine_s, config.diffusion.max_beta
   )

@@ -4,7 +4,7 @@ A batch is the data pipeline's NumPy dict, turned into model inputs by `models.i
 the step images go through the codec, one timestep per sample
 is drawn and shared by its views, condition groups are dropped for classifier-free guidance, and
 the plain MSE between the model output and its target (epsilon, v or x0) is minimised. A step whose
-loss, gradient norm or update is not finite leaves the state untouched and counts itself in
+loss or gradient norm is not finite leaves the state untouched and counts itself in
 `state.nonfinite` (reset by the next good step).
 """
 
@@ -104,7 +104,7 @@ def compile_train_step(state_shardings, mesh, rules=shard_lib.LOGICAL_RULES, *, 
   function (with `.lower(state, batch)`). Call it inside `sharding.activate(mesh, rules)` (see
   `run_step`). The codec (the VAE's weights, a pytree) is an argument of the compiled function,
   replicated once, not constants baked into it."""
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  replicated = shard_lib.replicated(mesh)
   jitted = jax.jit(
     lambda s, b, c: train_step(s, b, codec=c, **kwargs),
     in_shardings=(state_shardings, shard_lib.batch_sharding(mesh, rules), replicated),
