@@ -17,3 +17,7 @@ class WorkdirBusyError(RuntimeError):
 
 class CorruptDataError(RuntimeError):
   """Too many corrupt records (or nothing left after filtering)."""
+
+
+class InputError(ValueError):
+  """An input file (a photo, a mask, a cameras file) that cannot be used; the message names it."""

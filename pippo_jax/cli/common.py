@@ -26,6 +26,7 @@ USER_ERRORS = (
   FloatingPointError,
   errors.CheckpointError,
   errors.CorruptDataError,
+  errors.InputError,
   errors.WorkdirBusyError,
 )
 

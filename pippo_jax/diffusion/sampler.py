@@ -72,16 +72,27 @@ def ddim_step(x_t, eps, alpha, alpha_prev, sigma, z):
   return x_prev, x0_hat
 
 
-@functools.partial(jax.jit, static_argnames=("eps_fn", "parameterization", "return_x0_preds"))
+@functools.partial(
+  jax.jit, static_argnames=("eps_fn", "parameterization", "return_x0_preds", "progress")
+)
 def _ddim_loop(
-  x_T, key, timesteps, coefficients, schedule, *, eps_fn, parameterization, return_x0_preds
+  x_T,
+  key,
+  timesteps,
+  coefficients,
+  schedule,
+  *,
+  eps_fn,
+  parameterization,
+  return_x0_preds,
+  progress=None,
 ):
   """The jitted scan over steps; coefficients is [S, 3] = (a, a_prev, sigma)."""
   batch = x_T.shape[0]
   keys = jax.random.split(key, timesteps.shape[0])
 
   def body(x, step):
-    t, coeff, step_key = step
+    i, t, coeff, step_key = step
     alpha, alpha_prev, sigma = coeff[0], coeff[1], coeff[2]
     t_batch = jnp.full((batch,), t, jnp.int32)
     x32 = x.astype(jnp.float32)
@@ -90,9 +101,12 @@ def _ddim_loop(
     )
     z = jax.random.normal(step_key, x.shape, jnp.float32)
     x_prev, x0_hat = ddim_step(x32, out, alpha, alpha_prev, sigma, z)
+    if progress is not None:  # after the step's result exists, so the report follows the work
+      jax.debug.callback(progress, i, x_prev[0, 0, 0, 0, 0])
     return x_prev.astype(x.dtype), (x0_hat if return_x0_preds else None)
 
-  return jax.lax.scan(body, x_T, (timesteps, coefficients, keys))
+  steps = jnp.arange(timesteps.shape[0], dtype=jnp.int32)
+  return jax.lax.scan(body, x_T, (steps, timesteps, coefficients, keys))
 
 
 def ddim_sample(
@@ -105,6 +119,7 @@ def ddim_sample(
   *,
   parameterization: str = "eps",
   return_x0_preds: bool = False,
+  progress=None,
 ):
   """Runs the DDIM sampler from pure noise x_T.
 
@@ -121,6 +136,8 @@ def ddim_sample(
     parameterization: "eps", or "v" / "x0" when eps_fn returns v or x0
       predictions.
     return_x0_preds: also return every step's x0_hat, stacked [S, B, ...].
+    progress: optional host callable `progress(step_index, value)` called as each step
+      finishes (a static argument, like eps_fn; for progress bars).
 
   Returns:
     The final latent [B, views, ...] (and the x0_hat trajectory if asked).
@@ -138,5 +155,6 @@ def ddim_sample(
     eps_fn=eps_fn,
     parameterization=parameterization,
     return_x0_preds=return_x0_preds,
+    progress=progress,
   )
   return (x, x0_preds) if return_x0_preds else x

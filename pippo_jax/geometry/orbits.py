@@ -105,8 +105,10 @@ class CameraList(NamedTuple):
   image_hw: np.ndarray | None
 
 
-def cameras_to_json(path, K, E, names: Sequence[str] | None = None, image_hw=None) -> None:
-  """Writes cameras in this module's JSON layout (see the top)."""
+def cameras_to_json(
+  path, K, E, names: Sequence[str] | None = None, image_hw=None, extra: dict | None = None
+) -> None:
+  """Writes cameras in this module's JSON layout (see the top); `extra` adds top-level keys."""
   K, E = cameras.validate_cameras(K, E, names)
   K, E = K.reshape(-1, 3, 3), E.reshape(-1, 4, 4)
   names = [str(n) for n in names] if names is not None else [str(i) for i in range(len(K))]
@@ -117,7 +119,8 @@ def cameras_to_json(path, K, E, names: Sequence[str] | None = None, image_hw=Non
     if hw is not None:
       entry["height"], entry["width"] = int(hw[i, 0]), int(hw[i, 1])
     entries.append(entry)
-  text = json.dumps({"convention": "opencv_world_to_camera", "cameras": entries}, indent=1)
+  data = {"convention": "opencv_world_to_camera", **(extra or {}), "cameras": entries}
+  text = json.dumps(data, indent=1)
   pathlib.Path(path).write_text(text)
 
 

@@ -1,0 +1,285 @@
+"""pippo-sample: one photo in, many views out.
+
+  pippo-sample --checkpoint workdir/smoke --image photo.jpg --out views/photo
+  pippo-sample --checkpoint workdir/smoke --capture 0 --out views/studio
+
+The photo (JPEG/PNG/WebP; an RGBA cut-out, a plain background or --mask FILE marks the person) is
+cropped around the person like the training views, its camera placed as `inference.scene`
+documents, and the views of a turntable around the head (--views per --elevation) or of
+--cameras FILE are sampled with guided DDIM. --capture N instead takes capture N of the
+checkpoint's held-out (test) split: its most frontal camera is the reference, the targets are
+--views of its other cameras in azimuth order, and the ground truth is written beside.
+
+More views than --batch-views are denoised in passes that share --anchor-views views (see
+`inference.sample.view_chunks`); attention biasing (--gamma) is on when a pass holds more views
+than the model was trained with (model.attention_train_views).
+
+Writes OUT/reference.png, view_NNN.png, contact_sheet.png, turntable.gif (turntable.mp4 with
+imageio-ffmpeg installed), cameras.json (reference + targets, head frame) and sample.json (the
+settings); with --capture also truth_NNN.png. OUT appears complete or not at all.
+"""
+
+import json
+import os
+import sys
+import time
+import types
+
+from absl import flags
+
+from pippo_jax import errors, paths
+from pippo_jax.cli import common
+
+PROGRAM = "pippo-sample"
+
+
+def _define(fv: flags.FlagValues) -> None:
+  d = lambda f, *a, **k: f(*a, flag_values=fv, **k)
+  d(flags.DEFINE_string, "checkpoint", None, "training workdir or pippo-convert output")
+  d(flags.DEFINE_string, "image", None, "the person's photo (JPEG, PNG or WebP)")
+  d(flags.DEFINE_string, "mask", None, "person mask for --image (white = person), same size")
+  d(flags.DEFINE_integer, "capture", None, "use capture N of the run's studio data (--split)")
+  d(flags.DEFINE_string, "split", "test", "split of --capture: test (held out) or train")
+  d(flags.DEFINE_string, "data", None, "captures folder for --capture (default: the run's)")
+  d(flags.DEFINE_string, "out", None, "output folder (must not exist, or be empty)")
+  d(flags.DEFINE_integer, "views", 12, "views per elevation (turntable) or of the capture")
+  d(flags.DEFINE_list, "elevation", ["0"], "turntable elevations in degrees")
+  d(flags.DEFINE_float, "ref-elevation", 0.0, "elevation of the photo's camera, degrees")
+  d(flags.DEFINE_string, "cameras", None, "cameras JSON for the target views (see README)")
+  d(flags.DEFINE_string, "guidance", None, "CFG scales, e.g. ref=2,cam=1.5 (default: config's)")
+  d(flags.DEFINE_float, "rescale", 0.0, "CFG-rescale factor in [0, 1]")
+  d(flags.DEFINE_boolean, "triangular", False, "SV3D triangular guidance over the orbit")
+  d(flags.DEFINE_float, "gamma", None, "attention biasing strength (default: config's)")
+  d(flags.DEFINE_integer, "steps", None, "DDIM steps (default: config's)")
+  d(flags.DEFINE_float, "eta", None, "DDIM eta (default: config's)")
+  d(flags.DEFINE_integer, "seed", 0, "random seed: same seed, same pixels")
+  d(flags.DEFINE_integer, "batch-views", 0, "most target views per model pass (0: all at once)")
+  d(flags.DEFINE_integer, "anchor-views", 4, "views every pass shares when views are chunked")
+  d(flags.DEFINE_string, "vae", None, "SDXL VAE weights (overrides the run's codec.weights_path)")
+  d(flags.DEFINE_boolean, "ema", True, "use the EMA parameters where the run kept them")
+  d(flags.DEFINE_boolean, "overwrite", False, "replace a non-empty --out")
+
+
+def parse_guidance(text: str | None) -> dict | None:
+  if not text:
+    return None
+  scales = {}
+  for part in text.split(","):
+    name, eq, value = part.partition("=")
+    if not eq or name.strip() not in ("ref", "cam", "control"):
+      raise ValueError(f"--guidance {text!r}: use group=scale pairs for groups ref, cam, control")
+    scales[name.strip()] = float(value)
+  return scales
+
+
+class Progress:
+  """`step i/S` on one line (a carriage return on a terminal, every ~10% otherwise)."""
+
+  def __init__(self, total: int):
+    self.total, self.start, self.tty = total, None, sys.stderr.isatty()
+
+  def __call__(self, index, _value) -> None:
+    done = int(index) + 1
+    if done == 1 and self.total > 1:  # the clock starts after compilation and the first step
+      self.start = time.time()
+      return
+    if not self.tty and done % max(1, self.total // 10) and done != self.total:
+      return
+    rate = (time.time() - self.start) / (done - 1) if self.start else 0.0
+    end = "\n" if done == self.total or not self.tty else ""
+    start = "\r" if self.tty else ""
+    print(
+      f"{start}{PROGRAM}: denoising step {done}/{self.total} ({rate:.2f} s/step, "
+      f"{rate * (self.total - done):.0f} s left)",
+      end=end,
+      file=sys.stderr,
+      flush=True,
+    )
+
+
+def _photo_inputs(args, gen):
+  from pippo_jax.inference import photo, scene  # pylint: disable=g-import-not-at-top
+
+  data = gen.config.data
+  res = gen.image_size
+  ref = photo.prepare_reference(
+    paths.resolve(args.image),
+    res,
+    background=tuple(data.background),
+    margin=float(data.crop_margin),
+    mask_path=paths.resolve(args.mask) if args.mask else None,
+  )
+  if ref.source == "none":
+    print(
+      f"{PROGRAM}: warning: {args.image} has no alpha and no plain background; the whole photo "
+      "is used (pass --mask FILE or an RGBA cut-out to separate the person)",
+      file=sys.stderr,
+    )
+  distance = float(data.scene_distance)
+  cam = scene.photo_camera(
+    ref.person_box, res, ref.mask, distance=distance, elevation_deg=args.ref_elevation
+  )
+  if args.cameras:
+    sc = scene.read_cameras(paths.resolve(args.cameras), res, cam)
+  else:
+    sc = scene.photo_scene(
+      *cam,
+      res,
+      num_views=args.views,
+      distance=distance,
+      elevations_deg=[float(e) for e in args.elevation],
+    )
+  return ref.image, sc, None
+
+
+def _capture_inputs(args, gen):
+  """Reference, Scene and ground truth from capture N of --split."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from pippo_jax.data_pipelines import multiview, schemas, sources  # pylint: disable=g-import-not-at-top
+  from pippo_jax.geometry import cameras  # pylint: disable=g-import-not-at-top
+  from pippo_jax.inference import scene  # pylint: disable=g-import-not-at-top
+
+  data = gen.config.data.copy_and_resolve_references()
+  data.path = paths.resolve(args.data) if args.data else data.path
+  source = sources.ArrayRecordSource(data.path, args.split)
+  if not 0 <= args.capture < len(source):
+    raise errors.InputError(
+      f"--capture {args.capture}: the {args.split} split of {data.path} has {len(source)} captures"
+    )
+  element = source[args.capture]
+  rec = schemas.decode_capture(element["bytes"], element["where"])
+  transform = multiview.MultiviewTransform(data)
+  K, E, head_point, head_rot, scale = transform._scene(rec, element["where"])  # pylint: disable=protected-access
+  ref = int(np.argmax(multiview.frontal_cosines(E, head_point, head_rot)))
+  # Targets: the other cameras by azimuth about the head's up axis, from the reference's.
+  to_cam = (cameras.camera_centers(E) - head_point) @ head_rot
+  azimuth = np.degrees(np.arctan2(to_cam[:, 0], to_cam[:, 2]))
+  order = [c for c in np.argsort((azimuth - azimuth[ref]) % 360) if c != ref]
+  pick = np.linspace(0, len(order), min(args.views, len(order)), endpoint=False).astype(int)
+  chosen = [ref] + [int(order[i]) for i in pick]
+  views = [transform._view(rec, c, element["where"]) for c in chosen]  # pylint: disable=protected-access
+  images = np.stack([v[0] for v in views])
+  Ks = np.stack([v[2] for v in views])
+  if not np.allclose(head_rot, np.eye(3), atol=1e-6) or np.abs(head_point).max() > 1e-6:
+    raise errors.InputError(
+      "--capture needs a config with data.normalize_scene and data.align_head"
+    )
+  names = [str(rec["camera_names"][c]) for c in chosen]
+  sc = scene.Scene(Ks[0], E[ref], Ks[1:], E[chosen[1:]], names[1:], gen.image_size, scale)
+  return images[0], sc, images[1:]
+
+
+def run(args) -> list[str]:
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from pippo_jax.inference import generator, outputs, sample, scene  # pylint: disable=g-import-not-at-top
+
+  scales = parse_guidance(args.guidance)
+  checkpoint = paths.resolve(args.checkpoint)
+  out = paths.resolve(args.out)
+  # Check the inputs and the output folder before the (slow) model loads.
+  if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
+    raise FileExistsError(f"--out {out} exists and is not empty; remove it or pass --overwrite")
+  for flag in ("image", "mask", "cameras"):
+    path = getattr(args, flag)
+    if path and not os.path.isfile(paths.resolve(path)):
+      raise FileNotFoundError(f"--{flag} {path}: no such file")
+  gen = generator.load_generator(checkpoint, ema=args.ema, vae=args.vae)
+  if args.gamma is not None:
+    gen = gen.with_model(attention_gamma=args.gamma)
+  if args.capture is not None:
+    ref_image, sc, truth = _capture_inputs(args, gen)
+  else:
+    ref_image, sc, truth = _photo_inputs(args, gen)
+  batch = scene.scene_batch(ref_image, sc, gen.config.data, controls=gen.cfg.use_control_mlp)
+
+  chunks = sample.view_chunks(sc.num_views, args.batch_views, args.anchor_views)
+  per_pass = sc.num_views if chunks is None else chunks.shape[1]
+  biasing = per_pass + 1 > gen.cfg.attention_train_views
+  steps = int(args.steps or gen.config.diffusion.sampler.num_steps)
+  sampler = gen.sampler(
+    num_steps=steps,
+    eta=args.eta,
+    scales=scales,
+    rescale=args.rescale,
+    triangular=args.triangular,
+    attention_biasing=biasing,
+    chunks=chunks,
+    progress=Progress(gen.model_calls(steps)),
+  )
+  passes = 1 if chunks is None else len(chunks)
+  print(
+    f"{PROGRAM}: {sc.num_views} views at {gen.image_size} px from {checkpoint} "
+    f"({passes} pass{'es' if passes > 1 else ''} of {per_pass} views per step"
+    f"{', attention biasing on' if biasing else ''}; compiling...)",
+    file=sys.stderr,
+    flush=True,
+  )
+  start = time.time()
+  views = sampler(gen.params, gen.codec, jax.device_put(batch), jax.random.key(args.seed))
+  views = np.asarray(jax.device_get(views))[0]
+  seconds = time.time() - start
+  with outputs.staged_folder(out, args.overwrite) as folder:
+    written = outputs.write_views(folder, ref_image, views, sc.names, truth)
+    scene.write_cameras(os.path.join(folder, "cameras.json"), sc)
+    settings = dict(
+      checkpoint=checkpoint,
+      image=args.image and paths.resolve(args.image),
+      capture=args.capture,
+      split=args.split if args.capture is not None else None,
+      views=sc.num_views,
+      resolution=gen.image_size,
+      steps=steps,
+      eta=args.eta,
+      guidance=scales,
+      rescale=args.rescale,
+      triangular=args.triangular,
+      attention_biasing=biasing,
+      batch_views=per_pass,
+      passes=passes,
+      seed=args.seed,
+      seconds=round(seconds, 2),
+    )
+    with open(os.path.join(folder, "sample.json"), "w") as f:
+      json.dump(settings, f, indent=1)
+    written += ["cameras.json", "sample.json"]
+  print(
+    f"{PROGRAM}: wrote {len(written)} files to {out} ({len(views)} views sampled in "
+    f"{seconds:.1f} s, compilation included)",
+    flush=True,
+  )
+  return written
+
+
+def main(argv=None) -> int:
+  argv = common.program_argv(PROGRAM, argv)
+  fv = flags.FlagValues()
+  _define(fv)
+  common.parse(PROGRAM, argv, fv, doc=__doc__)
+  args = types.SimpleNamespace(**{name.replace("-", "_"): fv[name].value for name in fv})
+  usage = None
+  if not args.checkpoint or not args.out:
+    usage = "--checkpoint and --out are required"
+  elif (args.image is None) == (args.capture is None):
+    usage = "give exactly one of --image PHOTO and --capture N"
+  elif args.views < 1 or args.batch_views < 0 or args.anchor_views < 0:
+    usage = "--views must be >= 1, --batch-views and --anchor-views >= 0"
+  elif args.capture is not None and (args.cameras or args.mask):
+    usage = "--cameras and --mask go with --image, not --capture"
+  else:
+    try:
+      parse_guidance(args.guidance)
+      [float(e) for e in args.elevation]
+    except ValueError as e:
+      usage = str(e)
+  if usage:
+    common.fail(PROGRAM, f"{usage} (see --help)", common.USAGE)
+  common.absl_logging()
+  common.guarded(PROGRAM, run, args)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

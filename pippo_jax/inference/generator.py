@@ -1,0 +1,114 @@
+"""A trained checkpoint, ready to sample: the model, its parameters, codec, schedule and settings.
+
+`load_generator` is the one place that turns a checkpoint folder (a training workdir or a
+`pippo-convert` output) into what `sample.sample_views` needs; `pippo-sample`, `pippo-export` and
+the benchmarks use it.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from pippo_jax import checkpoints
+from pippo_jax.diffusion import sampler as sampler_lib
+from pippo_jax.diffusion import schedule as schedule_lib
+from pippo_jax.inference import sample as sample_lib
+from pippo_jax.models import codec as codec_lib
+from pippo_jax.models.config import ModelConfig
+from pippo_jax.models.pippo import Pippo
+
+
+@dataclasses.dataclass
+class Generator:
+  """Everything a sampler needs from a checkpoint."""
+
+  model: Pippo
+  params: Any
+  codec: Any
+  cfg: ModelConfig
+  config: ml_collections.ConfigDict  # the whole saved training config
+  schedule: Any
+  step: int | None = None
+
+  @property
+  def image_size(self) -> int:
+    return self.cfg.image_size
+
+  def model_calls(self, num_steps: int) -> int:
+    """Denoiser calls (DDIM steps) of a `num_steps` sampler."""
+    return len(sampler_lib.ddim_timesteps(num_steps, self.schedule.num_timesteps))
+
+  def with_model(self, **settings) -> "Generator":
+    """This generator with model settings changed (e.g. attention_gamma); same parameters."""
+    cfg = dataclasses.replace(self.cfg, **settings)
+    return dataclasses.replace(self, cfg=cfg, model=Pippo(cfg))
+
+  def sampler(
+    self,
+    *,
+    num_steps: int | None = None,
+    eta: float | None = None,
+    scales=None,
+    rescale: float = 0.0,
+    triangular: bool = False,
+    attention_biasing: bool = False,
+    chunks: np.ndarray | None = None,
+    progress=None,
+  ):
+    """A jitted `(params, codec, batch, key) -> uint8 views [B, V, H, W, 3]`.
+
+    Unset settings come from the checkpoint's `diffusion.sampler` section; `scales` is
+    {group: scale} for classifier-free guidance (None: the config's guidance scales that are not
+    1.0, i.e. the plain conditional model when all are 1.0).
+    """
+    d = self.config.diffusion
+    if scales is None:
+      scales = {g: float(s) for g in ("ref", "cam", "control") if (s := d.guidance[g]) != 1.0}
+    settings = dict(
+      num_steps=int(d.sampler.num_steps if num_steps is None else num_steps),
+      eta=float(d.sampler.eta if eta is None else eta),
+      scales=dict(scales),
+      rescale=rescale,
+      triangular=triangular,
+      attention_biasing=attention_biasing,
+      parameterization=d.prediction,
+      chunks=chunks,
+      progress=progress,
+    )
+
+    def run(params, codec, batch, key):
+      return sample_lib.sample_views(
+        self.model, params, batch, codec, self.cfg, self.schedule, key, **settings
+      )
+
+    return jax.jit(run)
+
+
+def load_generator(
+  checkpoint: str, *, ema: bool = True, vae: str | None = None, step: int | None = None
+) -> Generator:
+  """Reads a checkpoint folder into a `Generator` (EMA parameters where the run kept them).
+
+  `vae` overrides the saved `codec.weights_path` (the VAE file need not be where the training run
+  had it).
+  """
+  params, saved = checkpoints.read_params(checkpoint, step=step, ema=ema)
+  config = ml_collections.ConfigDict(saved)
+  if vae:
+    config.codec.weights_path = vae
+  cfg = ModelConfig.from_config(config.model)
+  schedule = schedule_lib.cosine_schedule(
+    config.diffusion.num_timesteps, config.diffusion.cosine_s, config.diffusion.max_beta
+  )
+  return Generator(
+    model=Pippo(cfg),
+    params=jax.device_put(params),
+    codec=codec_lib.make_codec(config.codec),
+    cfg=cfg,
+    config=config,
+    schedule=schedule,
+    step=step,
+  )
