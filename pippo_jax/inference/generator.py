@@ -8,6 +8,7 @@ the benchmarks use it.
 import dataclasses
 from typing import Any
 
+import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -18,7 +19,7 @@ from pippo_jax.diffusion import schedule as schedule_lib
 from pippo_jax.inference import sample as sample_lib
 from pippo_jax.models import codec as codec_lib
 from pippo_jax.models.config import ModelConfig
-from pippo_jax.models.pippo import Pippo
+from pippo_jax.models.pippo import Pippo, dummy_inputs
 
 
 @dataclasses.dataclass
@@ -87,6 +88,30 @@ class Generator:
     return jax.jit(run)
 
 
+def build_generator(
+  config, params=None, *, codec=None, seed: int = 0, step: int | None = None
+) -> Generator:
+  """A `Generator` for a training config; `params=None` initialises them and `codec` replaces the
+  config's (both for benchmarks)."""
+  config = ml_collections.ConfigDict(checkpoints.config_dict(config))
+  cfg = ModelConfig.from_config(config.model)
+  model = Pippo(cfg)
+  if params is None:
+    params = nn.unbox(model.init(jax.random.key(seed), *dummy_inputs(cfg))["params"])
+  schedule = schedule_lib.cosine_schedule(
+    config.diffusion.num_timesteps, config.diffusion.cosine_s, config.diffusion.max_beta
+  )
+  return Generator(
+    model=model,
+    params=jax.device_put(params),
+    codec=codec_lib.make_codec(config.codec) if codec is None else codec,
+    cfg=cfg,
+    config=config,
+    schedule=schedule,
+    step=step,
+  )
+
+
 def load_generator(
   checkpoint: str, *, ema: bool = True, vae: str | None = None, step: int | None = None
 ) -> Generator:
@@ -96,19 +121,6 @@ def load_generator(
   had it).
   """
   params, saved = checkpoints.read_params(checkpoint, step=step, ema=ema)
-  config = ml_collections.ConfigDict(saved)
   if vae:
-    config.codec.weights_path = vae
-  cfg = ModelConfig.from_config(config.model)
-  schedule = schedule_lib.cosine_schedule(
-    config.diffusion.num_timesteps, config.diffusion.cosine_s, config.diffusion.max_beta
-  )
-  return Generator(
-    model=Pippo(cfg),
-    params=jax.device_put(params),
-    codec=codec_lib.make_codec(config.codec),
-    cfg=cfg,
-    config=config,
-    schedule=schedule,
-    step=step,
-  )
+    saved["codec"]["weights_path"] = vae
+  return build_generator(saved, params, step=step)

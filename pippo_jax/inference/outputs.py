@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 from pippo_jax.inference import sample as sample_lib
 
 GAP = 4
+MIN_CELL = 128  # pixels
 
 
 def _label(image: np.ndarray, text: str) -> np.ndarray:
@@ -29,14 +30,17 @@ def contact_sheet(
   reference: np.ndarray, views: np.ndarray, names=None, truth=None, max_columns: int = 8
 ) -> np.ndarray:
   """Reference first, then the views, in rows of equal length up to `max_columns`; with `truth`,
-  each row of views is followed by the row of ground-truth views. Labels are drawn when the cells
-  are 96 px or more."""
-  views = np.asarray(views)
+  each row of views is followed by the row of ground-truth views. Views under MIN_CELL pixels are
+  enlarged (nearest neighbour, an integer factor) so that the labels fit."""
+  factor = math.ceil(MIN_CELL / reference.shape[0])
+  grow = lambda x: np.repeat(np.repeat(np.asarray(x), factor, -3), factor, -2)
+  reference, views = grow(reference), grow(views)
+  truth = None if truth is None else grow(truth)
   columns = math.ceil((len(views) + 1) / math.ceil((len(views) + 1) / max_columns))
   side = views.shape[1]
-  labelled = side >= 96
-  cells = [_label(reference, "reference") if labelled else reference]
-  cells += [_label(v, n) if labelled and n else v for v, n in zip(views, names or [None] * 99)]
+  names = names or [""] * len(views)
+  cells = [_label(reference, "reference")]
+  cells += [_label(v, n) if n else v for v, n in zip(views, names)]
   rows = []
   blank = np.full_like(views[0], 255)
   for start in range(0, len(cells), columns):
@@ -45,9 +49,7 @@ def contact_sheet(
     if truth is not None:
       truth_cells = [blank] if start == 0 else []
       first = max(0, start - 1)
-      truth_cells += [
-        _label(t, "truth") if labelled else t for t in truth[first : start + columns - 1]
-      ]
+      truth_cells += [_label(t, "truth") for t in truth[first : start + columns - 1]]
       rows.append(truth_cells + [blank] * (columns - len(truth_cells)))
   gap = np.full((side, GAP, 3), 255, np.uint8)
   lines = [np.concatenate([x for c in row for x in (c, gap)][:-1], 1) for row in rows]

@@ -226,10 +226,17 @@ def test_chunked_sampling_equals_joint_for_a_per_view_model(monkeypatch):
 
 
 def test_contact_sheet_layout():
-  ref = np.zeros((8, 8, 3), np.uint8)
-  views = np.full((12, 8, 8, 3), 100, np.uint8)
+  s, g = 128, outputs.GAP
+  ref = np.zeros((s, s, 3), np.uint8)
+  views = np.full((12, s, s, 3), 100, np.uint8)
   sheet = outputs.contact_sheet(ref, views)  # 13 cells -> 2 rows of 7
-  assert sheet.shape == (2 * 8 + outputs.GAP, 7 * 8 + 6 * outputs.GAP, 3)
+  assert sheet.shape == (2 * s + g, 7 * s + 6 * g, 3)
   with_truth = outputs.contact_sheet(ref, views, truth=views + 50)
-  assert with_truth.shape[0] == 4 * 8 + 3 * outputs.GAP
-  assert (with_truth[8 + outputs.GAP : 16 + outputs.GAP, 8 + outputs.GAP :][:8, :8] == 150).all()
+  assert with_truth.shape[0] == 4 * s + 3 * g
+  # Row 2 is the truth under row 1: its first cell is blank, its second the first truth view
+  # (labelled in the top-left corner).
+  assert (with_truth[s + g : 2 * s + g, :s] == 255).all()
+  assert (with_truth[s + g + 20 : 2 * s + g, s + g : 2 * s + g] == 150).all()
+  # Small views are enlarged by an integer factor (64 px -> 2x).
+  small = outputs.contact_sheet(ref[:64, :64], views[:3, :64, :64])
+  assert small.shape == (s, 4 * s + 3 * g, 3)
