@@ -27,7 +27,7 @@ import types
 
 from absl import flags
 
-from pippo_jax import errors, paths
+from pippo_jax import paths
 from pippo_jax.cli import common
 
 PROGRAM = "pippo-sample"
@@ -134,40 +134,12 @@ def _photo_inputs(args, gen):
 
 def _capture_inputs(args, gen):
   """Reference, Scene and ground truth from capture N of --split."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  from pippo_jax.data_pipelines import multiview, schemas, sources  # pylint: disable=g-import-not-at-top
-  from pippo_jax.geometry import cameras  # pylint: disable=g-import-not-at-top
-  from pippo_jax.inference import scene  # pylint: disable=g-import-not-at-top
+  from pippo_jax.inference import studio  # pylint: disable=g-import-not-at-top
 
   data = gen.config.data.copy_and_resolve_references()
   data.path = paths.resolve(args.data) if args.data else data.path
-  source = sources.ArrayRecordSource(data.path, args.split)
-  if not 0 <= args.capture < len(source):
-    raise errors.InputError(
-      f"--capture {args.capture}: the {args.split} split of {data.path} has {len(source)} captures"
-    )
-  element = source[args.capture]
-  rec = schemas.decode_capture(element["bytes"], element["where"])
-  transform = multiview.MultiviewTransform(data)
-  K, E, head_point, head_rot, scale = transform._scene(rec, element["where"])  # pylint: disable=protected-access
-  ref = int(np.argmax(multiview.frontal_cosines(E, head_point, head_rot)))
-  # Targets: the other cameras by azimuth about the head's up axis, from the reference's.
-  to_cam = (cameras.camera_centers(E) - head_point) @ head_rot
-  azimuth = np.degrees(np.arctan2(to_cam[:, 0], to_cam[:, 2]))
-  order = [c for c in np.argsort((azimuth - azimuth[ref]) % 360) if c != ref]
-  pick = np.linspace(0, len(order), min(args.views, len(order)), endpoint=False).astype(int)
-  chosen = [ref] + [int(order[i]) for i in pick]
-  views = [transform._view(rec, c, element["where"]) for c in chosen]  # pylint: disable=protected-access
-  images = np.stack([v[0] for v in views])
-  Ks = np.stack([v[2] for v in views])
-  if not np.allclose(head_rot, np.eye(3), atol=1e-6) or np.abs(head_point).max() > 1e-6:
-    raise errors.InputError(
-      "--capture needs a config with data.normalize_scene and data.align_head"
-    )
-  names = [str(rec["camera_names"][c]) for c in chosen]
-  sc = scene.Scene(Ks[0], E[ref], Ks[1:], E[chosen[1:]], names[1:], gen.image_size, scale)
-  return images[0], sc, images[1:]
+  cap = studio.capture_views(data, studio.open_split(data, args.split), args.capture, args.views)
+  return cap.reference, cap.scene, cap.truth
 
 
 def run(args) -> list[str]:
