@@ -9,6 +9,13 @@ views)`. Keys:
   tfds_name, tfds_data_dir   for "tfds" (e.g. "pippo_synthetic_studio/captures")
   synthetic_length   records of the "synthetic_index" source
   split              split to read
+  latents            read the crops' stored latents (written by `pippo-data
+                     encode-latents` for this resolution, crop and codec;
+                     `config_lib.validate` checks) instead of decoding and
+                     encoding images: batches hold target_latents / ref_latent
+                     instead of target_images / ref_image (see `schemas`).
+                     Anchors and Plücker maps are still made per example. P1
+                     needs ref_jitter = 0 and then has no face crop
   resolution         output side in pixels (square)
   num_views          target views per example (P1: 1)
   with_controls      compute Plücker maps and Spatial Anchors (P3)
@@ -82,6 +89,7 @@ def default_data_config(
       tfds_data_dir="",
       synthetic_length=10**9,
       split="train",
+      latents=False,
       resolution=resolution,
       num_views=num_views if multiview else 1,
       with_controls=stage == "p3",

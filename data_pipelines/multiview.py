@@ -14,7 +14,11 @@
 5. Camera conditioning: the flattened 4x4 pose (`camera_pose_16`), and with
    `with_controls` the Plücker rays and the Spatial Anchor image of every view.
 
-Only the chosen views are decoded. Output keys and shapes: see `schemas`.
+Only the chosen views are decoded. With `data.latents` nothing is: step 3 reads
+the crop's box, its cropped mask and its latents as `pippo-data encode-latents`
+stored them (`crop_view` made the crops it encoded), and the example holds
+`ref_latent` / `target_latents` instead of `ref_image` / `target_images`.
+Output keys and shapes: see `schemas`.
 """
 
 from __future__ import annotations
@@ -46,16 +50,48 @@ def choose_views(
   return ref, targets.astype(np.int64)
 
 
+def decode_view(rec: dict, cam: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+  """(image [H, W, 3], mask [H, W]) of camera `cam` of a capture; RecordError if either does not
+  decode or their sizes differ."""
+  name = rec["camera_names"][cam]
+  image = schemas.decode_image(rec["images"][cam], f"image {name} of {where}")
+  mask = schemas.decode_image(rec["masks"][cam], f"mask {name} of {where}", "L")
+  if mask.shape != image.shape[:2]:
+    raise schemas.RecordError(
+      f"{where}: camera {name} mask {mask.shape} vs image {image.shape[:2]}"
+    )
+  return image, mask
+
+
+def crop_view(
+  image: np.ndarray, mask: np.ndarray, crop: transforms.CropSettings
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """A camera view as examples show it: (image [res, res, 3], mask [res, res], box (x, y, w, h)).
+
+  The image is composited on the background, then a square around the mask (crop "person", with
+  `crop_margin`; the centred square when the mask is empty or crop is "full") is resized to the
+  resolution. Deterministic: `pippo-data encode-latents` encodes these crops once.
+  """
+  image = imageops.composite(image, mask, crop.background)
+  box = imageops.mask_box(mask) if crop.crop == "person" else None
+  if box is None:
+    box = imageops.centre_square(*image.shape[:2])
+  else:
+    box = imageops.square_box(box, crop.crop_margin)
+  image = imageops.crop_resize(image, box, crop.out_hw, crop.background)
+  mask = imageops.crop_resize(mask, box, crop.out_hw, 0)
+  return image, mask, box
+
+
 class MultiviewTransform:
   """Capture record -> multi-view example (see module docstring)."""
 
   def __init__(self, cfg):
-    self.res = int(cfg.resolution)
+    self.crop = transforms.CropSettings.from_config(cfg)
+    self.res = self.crop.resolution
+    self.latents = bool(cfg.get("latents", False))
     self.num_views = int(cfg.num_views)
     self.controls = bool(cfg.with_controls)
-    self.background = tuple(int(c) for c in cfg.background)
-    self.crop = cfg.crop
-    self.margin = float(cfg.crop_margin)
     self.bias = float(cfg.ref_view_bias)
     self.include_ref = bool(cfg.targets_include_ref)
     self.normalize = bool(cfg.normalize_scene)
@@ -64,24 +100,20 @@ class MultiviewTransform:
     self.anchor = {k: float(v) for k, v in cfg.anchor.items()}
 
   def _view(self, rec, cam, where):
-    name = rec["camera_names"][cam]
-    image = schemas.decode_image(rec["images"][cam], f"image {name} of {where}")
-    mask = schemas.decode_image(rec["masks"][cam], f"mask {name} of {where}", "L")
-    if mask.shape != image.shape[:2]:
-      raise schemas.RecordError(
-        f"{where}: camera {name} mask {mask.shape} vs image {image.shape[:2]}"
-      )
-    image = imageops.composite(image, mask, self.background)
-    box = imageops.mask_box(mask) if self.crop == "person" else None
-    if box is None:
-      box = imageops.centre_square(*image.shape[:2])
+    """(image, or its stored latents; mask; K after the crop) of camera `cam`."""
+    if self.latents:
+      pixels, box = rec["latents"][cam], rec["crop_box"][cam]
+      name = rec["camera_names"][cam]
+      mask = schemas.decode_image(rec["crop_masks"][cam], f"cropped mask {name} of {where}", "L")
+      if mask.shape != self.crop.out_hw:
+        raise schemas.RecordError(
+          f"{where}: camera {name}'s stored crop is {mask.shape[0]} px, data.resolution is "
+          f"{self.res}"
+        )
     else:
-      box = imageops.square_box(box, self.margin)
-    out_hw = (self.res, self.res)
-    image = imageops.crop_resize(image, box, out_hw, self.background)
-    mask = imageops.crop_resize(mask, box, out_hw, 0)
-    K = cameras.crop_and_resize_intrinsics(rec["K"][cam], box, out_hw)
-    return image, mask, K
+      pixels, mask, box = crop_view(*decode_view(rec, cam, where), self.crop)
+    K = cameras.crop_and_resize_intrinsics(rec["K"][cam], box, self.crop.out_hw)
+    return pixels, mask, K
 
   def _scene(self, rec, where):
     """Validated (K, E, head point, head rotation, scale), normalised if asked."""
@@ -102,6 +134,8 @@ class MultiviewTransform:
   def __call__(self, element: dict, rng: np.random.Generator) -> dict:
     try:
       rec = transforms.decode(element, "capture")
+      if self.latents and "latents" not in rec:
+        raise schemas.RecordError(schemas.no_latents_message(element["where"]))
       K, E, head_point, head_rot, scale = self._scene(rec, element["where"])
       cos = frontal_cosines(E, head_point, head_rot)
       ref, targets = choose_views(cos, self.num_views, self.bias, self.include_ref, rng)
@@ -112,9 +146,12 @@ class MultiviewTransform:
     chosen = [ref, *targets]
     pose = cameras.camera_pose_16(E[chosen])
     Ks32, Es32 = Ks.astype(np.float32), E[chosen].astype(np.float32)
+    image_keys = (
+      ("ref_latent", "target_latents") if self.latents else ("ref_image", "target_images")
+    )
     out = {
-      "ref_image": images[0],
-      "target_images": images[1:],
+      image_keys[0]: images[0],
+      image_keys[1]: images[1:],
       "ref_mask": masks[0],
       "target_masks": masks[1:],
       "ref_cam_pose": pose[0],

@@ -35,7 +35,7 @@ import grain
 import numpy as np
 
 from pippo_jax.data_pipelines import sources, transforms
-from pippo_jax.errors import CorruptDataError
+from pippo_jax.errors import ConfigError, CorruptDataError
 
 _KINDS = {"image": "image", "multiview": "capture"}
 _LOG_FIRST = 20
@@ -187,6 +187,16 @@ def build_dataset(
     raise ValueError(
       f"data.batch_size={cfg.batch_size} is not divisible by the process count {process_count}"
     )
+  if cfg.get("latents", False):
+    from pippo_jax.data_pipelines import latents  # pylint: disable=g-import-not-at-top
+
+    if not isinstance(source, sources.ArrayRecordSource):
+      raise ValueError(
+        f"data.latents=True reads a dataset written by `pippo-data encode-latents`, not {source!r}"
+      )
+    problem = latents.problem(cfg, source=source)
+    if problem is not None:
+      raise ConfigError(problem)
   ds = grain.MapDataset.source(source)
   if cfg.shuffle:
     ds = ds.shuffle(seed=int(cfg.seed))

@@ -54,6 +54,27 @@ Image record (`kind == "image"`): one in-the-wild style photo for P1.
   face_box               float32 [4]      x, y, w, h; w == h == 0: no face
   =====================  ===============  =================================
 
+Stored latents (`pippo-data encode-latents`, see `data_pipelines.latents`):
+a capture or image record may also hold the codec's latents of the crops the
+transforms make at one resolution (N = C cameras, or 1 for an image record):
+
+  =================  ===================  ====================================
+  blob               type                 meaning
+  =================  ===================  ====================================
+  latents            float16 or float32   per view, the unscaled latents of
+                     [N, h, w, K]         the crop (exact codecs: K = latent
+                                          channels) or the VAE posterior's
+                                          mean then log-variance (K = 2 x
+                                          latent channels)
+  crop_box           float64 [N, 4]       the crop's box (x, y, w, h) in the
+                                          view's pixels
+  crop_mask/i        bytes (captures)     the cropped person mask (PNG)
+  =================  ===================  ====================================
+
+The codec, resolution and crop settings that made them are in the dataset's
+`index.json` (the split's settings meta, key "latents"). Readers that do not
+ask for latents ignore these blobs: the record reads as before.
+
 Every encoded image (photos, camera views, masks) decodes through
 `decode_image`, which refuses sides under MIN_IMAGE_SIDE (16 px) and more than
 MAX_IMAGE_PIXELS (64 megapixels) from the header, before decoding, and scales
@@ -70,8 +91,12 @@ F = face resolution.
   =================  ========  ==================  =======================
   target_images      uint8     [B, NV, H, W, 3]    all (P1: NV = 1)
   ref_image          uint8     [B, H, W, 3]        all
-  ref_face           uint8     [B, F, F, 3]        P1 (zeros if no face)
-  ref_face_valid     bool      [B]                 P1
+  target_latents     float16   [B, NV, h, w, K]    with data.latents, instead
+  ref_latent         float16   [B, h, w, K]        of the two above (stored
+                                                   dtype; see "Stored latents")
+  ref_face           uint8     [B, F, F, 3]        P1 (zeros if no face; not
+                                                   with data.latents)
+  ref_face_valid     bool      [B]                 P1 (not with data.latents)
   target_masks       uint8     [B, NV, H, W]       M2, P3 (0..255)
   ref_mask           uint8     [B, H, W]           M2, P3
   target_cam_pose    float32   [B, NV, 16]         M2, P3 (flattened E)
@@ -112,6 +137,7 @@ _LEN = struct.Struct("<I")
 
 CAPTURE_ARRAYS = {"K": (3, 3), "E": (4, 4)}
 IMAGE_SCORES = ("detection_confidence", "visibility", "quality")
+LATENT_DTYPES = ("float16", "float32")
 
 
 class RecordError(ValueError):
@@ -230,6 +256,7 @@ def decode_capture(record: bytes, where: str = "record") -> dict[str, Any]:
       out[name] = blobs[name]
   except KeyError as e:
     raise RecordError(f"{where}: capture record lacks blob {e}") from e
+  out.update(_latent_blobs(blobs, c, True, where))
   return out
 
 
@@ -269,7 +296,80 @@ def decode_image_record(record: bytes, where: str = "record") -> dict[str, Any]:
     out.update(image=blobs["image"], person_box=blobs["person_box"], face_box=blobs["face_box"])
   except KeyError as e:
     raise RecordError(f"{where}: image record lacks blob {e}") from e
+  out.update(_latent_blobs(blobs, 1, False, where))
   return out
+
+
+# ----------------------------------------------------------------------------
+# Stored latents
+# ----------------------------------------------------------------------------
+def _check_latents(latents, boxes, masks, views: int, capture: bool, where: str) -> None:
+  """RecordError naming `where` unless the latent blobs fit a record of `views` views."""
+  if latents.dtype.name not in LATENT_DTYPES or latents.ndim != 4 or len(latents) != views:
+    raise RecordError(
+      f"{where}: latents are {latents.dtype.name} {list(latents.shape)}, expected "
+      f"{' or '.join(LATENT_DTYPES)} [{views}, h, w, K]"
+    )
+  if np.shape(boxes) != (views, 4):
+    raise RecordError(f"{where}: crop_box has shape {np.shape(boxes)}, expected {(views, 4)}")
+  if capture and (masks is None or len(masks) != views):
+    got = 0 if masks is None else len(masks)
+    raise RecordError(f"{where}: {got} cropped masks for {views} views")
+
+
+def _latent_blobs(blobs: dict, views: int, capture: bool, where: str) -> dict[str, Any]:
+  """{latents, crop_box[, crop_masks]} of a record's blobs, validated; {} when it has none."""
+  if "latents" not in blobs:
+    return {}
+  masks = None
+  try:
+    if capture:
+      masks = [blobs[f"crop_mask/{i}"] for i in range(views)]
+    out = {"latents": blobs["latents"], "crop_box": blobs["crop_box"]}
+  except KeyError as e:
+    raise RecordError(f"{where}: record has latents but lacks blob {e}") from e
+  _check_latents(out["latents"], out["crop_box"], masks, views, capture, where)
+  if capture:
+    out["crop_masks"] = masks
+  return out
+
+
+def add_latents(
+  record: bytes,
+  latents: np.ndarray,
+  boxes: np.ndarray,
+  masks: list[bytes] | None = None,
+  where: str = "record",
+) -> bytes:
+  """`record` with stored latents added (blobs in the module docstring); its other bytes as
+  they were.
+
+  Args:
+    record: a capture or image record (without latents).
+    latents: float16 or float32 [N, h, w, K], one per camera (image records: N = 1).
+    boxes: the crops' boxes [N, 4].
+    masks: capture records: the cropped masks, encoded (PNG).
+    where: names the record in errors.
+  """
+  kind, fields, blobs = _unpack(record, where)
+  if "latents" in blobs:
+    raise RecordError(f"{where}: the record already holds latents")
+  capture = kind == "capture"
+  views = len(fields["camera_names"]) if capture else 1
+  latents, boxes = np.asarray(latents), np.asarray(boxes, np.float64)
+  _check_latents(latents, boxes, masks, views, capture, where)
+  blobs = dict(blobs, latents=latents, crop_box=boxes)
+  for i, mask in enumerate(masks if capture else ()):
+    blobs[f"crop_mask/{i}"] = mask
+  return _pack(kind, fields, blobs)
+
+
+def no_latents_message(where: str) -> str:
+  """Why a record without latents is corrupt to a `data.latents` pipeline."""
+  return (
+    f"{where}: no stored latents (`pippo-data encode-latents` found the record corrupt and "
+    "copied it without them)"
+  )
 
 
 # ----------------------------------------------------------------------------

@@ -106,12 +106,25 @@ def _write_index(directory: str, index: dict[str, Any]) -> None:
 
 
 class Progress:
-  """Prints `label: done/total (rate, eta)` at most every `interval` seconds."""
+  """Prints `label: done/total (rate, eta)` at most every `interval` seconds.
+
+  The rate counts the records done since `begin` (a resumed job's earlier records do not count).
+  """
 
   def __init__(self, label: str, total: int, interval: float = 2.0, stream=sys.stderr):
     self.label, self.total, self.interval, self.stream = (label, total, interval, stream)
     self.start = self.last = time.perf_counter()
-    self.done = 0
+    self.done = self.base = 0
+
+  def begin(self, done: int) -> None:
+    """Start timing now, with `done` records already done."""
+    self.start = self.last = time.perf_counter()
+    self.done = self.base = done
+
+  @property
+  def rate(self) -> float:
+    """Records per second since `begin`."""
+    return (self.done - self.base) / max(time.perf_counter() - self.start, 1e-9)
 
   def update(self, done: int, force: bool = False) -> None:
     self.done = done
@@ -119,7 +132,7 @@ class Progress:
     if not force and now - self.last < self.interval:
       return
     self.last = now
-    rate = done / max(now - self.start, 1e-9)
+    rate = (done - self.base) / max(now - self.start, 1e-9)
     eta = (self.total - done) / rate if rate > 0 else float("inf")
     print(
       f"{self.label}: {done}/{self.total} records "
@@ -139,6 +152,7 @@ def write_split(
   records_per_shard: int,
   meta: dict[str, Any] | None = None,
   progress: Progress | None = None,
+  max_shards: int | None = None,
 ) -> dict[str, Any]:
   """Writes records `make_record(0..num_records-1)` as one split.
 
@@ -151,6 +165,8 @@ def write_split(
     records_per_shard: shard size.
     meta: generation settings; a resumed run must pass the same ones.
     progress: optional progress reporter (updated per record).
+    max_shards: write at most this many missing shards, then stop with the split incomplete (a
+      re-run continues); None: all.
 
   Returns:
     The split's entry in the index.
@@ -182,12 +198,20 @@ def write_split(
   entry["shards"] = [s for s in entry["shards"] if check_shard(directory, s) is None]
   done_files = {s["file"] for s in entry["shards"]}
   written = entry["num_records"] = sum(s["count"] for s in entry["shards"])
+  if progress is not None:
+    progress.begin(written)
+  new_shards = 0
   for shard in range(num_shards):
     name = shard_name(split, shard, num_shards)
     lo = shard * records_per_shard
     hi = min(num_records, lo + records_per_shard)
     if name in done_files:
       continue
+    if max_shards is not None and new_shards >= max_shards:
+      entry["complete"] = False
+      _write_index(directory, index)
+      return entry
+    new_shards += 1
     tmp = os.path.join(directory, f".{name}.tmp")
     writer = array_record_module.ArrayRecordWriter(tmp, WRITER_OPTIONS)
     try:

@@ -258,6 +258,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       )
     if config.data.num_views != m.num_views:
       raise ConfigError(f"data.num_views={config.data.num_views} != model.num_views={m.num_views}")
+    if config.data.get("latents", False):
+      _check_latents(config)
   if config.optimizer.name != "adamw":
     raise ConfigError(f"optimizer.name={config.optimizer.name!r}: only 'adamw' is implemented")
   if config.optimizer.decay not in DECAYS:
@@ -275,6 +277,21 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if not 0.0 <= p <= 1.0:
       raise ConfigError(f"diffusion.cond_drop.{group}={p} is not a probability")
   return config
+
+
+def _check_latents(config: ml_collections.ConfigDict) -> None:
+  """`data.latents=True`: the dataset at `data.path` (once set) must hold latents of this codec,
+  resolution and crop (`data_pipelines.latents.problem`)."""
+  from pippo_jax.data_pipelines import latents  # pylint: disable=g-import-not-at-top
+  from pippo_jax.models import codec as codec_lib  # pylint: disable=g-import-not-at-top
+
+  try:
+    codec_id = codec_lib.identity(config.codec)
+  except (OSError, ValueError):
+    codec_id = None  # no VAE weights where codec.weights_path says: making the codec says so
+  problem = latents.problem(config.data, codec_id)
+  if problem is not None:
+    raise ConfigError(problem)
 
 
 def base_config(

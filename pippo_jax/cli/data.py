@@ -13,6 +13,12 @@
   pippo-data tfds-build --builder synthetic_studio --config captures --data-dir D
   pippo-data tfds-build --builder image_folder --folder PHOTOS --data-dir D
                                          the same records through tfds
+  pippo-data encode-latents --config configs/p3_posttrain.py:size=smoke --data DIR --out OUT
+      [--batch 16] [--dtype float16] [--max-shards N]
+      A copy of DIR (a dataset, or DIR/captures and DIR/images) in OUT with every
+      view's crop encoded by the config's codec; train on it with
+      --config.data.path=OUT[/captures] --config.data.latents=True.
+      Resumable: re-running the same command finishes an interrupted job.
 
 Paths are resolved once, here (`~` expanded, made absolute); an output that
 cannot be written fails before any work. Errors print one line and exit
@@ -29,6 +35,7 @@ import types
 
 import numpy as np
 from absl import flags
+from ml_collections import config_flags
 
 from pippo_jax import paths
 from pippo_jax.cli import common
@@ -242,7 +249,60 @@ def _tfds_build(args):
   )
 
 
-def _synth_flags(fv: flags.FlagValues) -> None:
+def _encode_latents(args):
+  from pippo_jax.data_pipelines import latents, transforms, writer  # pylint: disable=g-import-not-at-top
+  from pippo_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  from pippo_jax.models import codec as codec_lib  # pylint: disable=g-import-not-at-top
+
+  config = args.config
+  data_dir = args.data or paths.resolve(config.data.path)
+  if not data_dir:
+    raise ConfigError("give --data DIR (the config's data.path is empty)")
+  jobs = latents.datasets(data_dir, args.out)
+  paths.writable_dir(args.out, "--out")
+  crop = transforms.CropSettings.from_config(config.data)
+  codec = codec_lib.make_codec(config.codec)  # first: its errors say what a VAE needs
+  codec_id = codec_lib.identity(config.codec)
+  print(
+    f"encoding {data_dir} with codec {config.codec.kind} ({codec.moment_channels} stored "
+    f"channels, {args.dtype}) at {crop.resolution} px, crop {crop.crop!r}, {args.batch} views "
+    "per codec call"
+  )
+  max_shards = args.max_shards or None
+  for label, src_dir, out_dir in jobs:
+    results = latents.encode_dataset(
+      src_dir,
+      out_dir,
+      crop,
+      codec,
+      codec_id,
+      batch=args.batch,
+      dtype=args.dtype,
+      max_shards=max_shards,
+      label=label,
+    )
+    for r in results:
+      entry = r["entry"]
+      size = sum(s["bytes"] for s in entry["shards"]) / 2**20
+      state = "complete" if entry["complete"] else "INCOMPLETE (re-run to continue)"
+      print(
+        f"{out_dir}/{r['split']}: {entry['num_records']} of {entry['settings']['num_records']} "
+        f"records in {len(entry['shards'])} shards, {size:.1f} MiB, {state}; this run: "
+        f"{r['encoded']} encoded, {r['corrupt']} corrupt (copied without latents), "
+        f"{r['rate']:.1f} records/s"
+      )
+      if max_shards is not None:
+        max_shards = max(0, max_shards - r["new_shards"])
+    if writer.read_index(src_dir)["kind"] == "image" and config.data.ref_jitter > 0:
+      print(
+        f"note: data.ref_jitter={config.data.ref_jitter}: P1 training on stored latents needs "
+        "--config.data.ref_jitter=0 (a jittered reference crop is drawn anew per example)"
+      )
+    print(f"train on it with --config.data.path={out_dir} --config.data.latents=True")
+
+
+def _synth_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+  del argv  # no flags read from the command line
   flags.DEFINE_string(
     "out", None, "Output directory (DIR/captures, DIR/images).", required=True, flag_values=fv
   )
@@ -262,19 +322,22 @@ def _synth_flags(fv: flags.FlagValues) -> None:
   )
 
 
-def _inspect_flags(fv: flags.FlagValues) -> None:
+def _inspect_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+  del argv  # no flags read from the command line
   flags.DEFINE_string(
     "split", "", "Split whose first record is shown (default: the first).", flag_values=fv
   )
 
 
-def _stats_flags(fv: flags.FlagValues) -> None:
+def _stats_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+  del argv  # no flags read from the command line
   flags.DEFINE_string("split", "train", "Split to read.", flag_values=fv)
   flags.DEFINE_integer("sample", 200, "Records to read, evenly spaced.", flag_values=fv)
   flags.DEFINE_bool("all", False, "Read every record.", flag_values=fv)
 
 
-def _preview_flags(fv: flags.FlagValues) -> None:
+def _preview_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+  del argv  # no flags read from the command line
   flags.DEFINE_string("out", None, "Output image (.png).", required=True, flag_values=fv)
   flags.DEFINE_enum(
     "stage",
@@ -289,7 +352,8 @@ def _preview_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_integer("examples", 3, "Examples (rows) to draw.", flag_values=fv)
 
 
-def _tfds_build_flags(fv: flags.FlagValues) -> None:
+def _tfds_build_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+  del argv  # no flags read from the command line
   flags.DEFINE_enum(
     "builder",
     None,
@@ -313,6 +377,39 @@ def _tfds_build_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_integer("seed", 0, "synthetic_studio: random seed.", flag_values=fv)
 
 
+def _encode_latents_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+  config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Training config file[:variant] whose codec, data.resolution and crop settings make the "
+    "latents, e.g. configs/p3_posttrain.py:size=smoke; override keys with --config.KEY=VALUE "
+    "(e.g. --config.codec.weights_path=VAE).",
+    flag_values=fv,
+    lock_config=False,
+    sys_argv=argv,
+  )
+  flags.DEFINE_string(
+    "data",
+    "",
+    "Dataset directory, or a folder holding captures/ and/or images/ (default: the config's "
+    "data.path).",
+    flag_values=fv,
+  )
+  flags.DEFINE_string(
+    "out", None, "Output folder, in the layout of --data.", required=True, flag_values=fv
+  )
+  flags.DEFINE_integer("batch", 16, "Views per codec call.", flag_values=fv)
+  flags.DEFINE_enum(
+    "dtype", "float16", ("float16", "float32"), "dtype of the stored latents.", flag_values=fv
+  )
+  flags.DEFINE_integer(
+    "max-shards",
+    0,
+    "Stop after writing this many shards (0: all); re-run the command to continue.",
+    flag_values=fv,
+  )
+
+
 # command: (run, define its flags, takes a DIR argument, what it does)
 COMMANDS = {
   "synth": (_synth, _synth_flags, False, "render the synthetic studio (resumable)"),
@@ -320,13 +417,20 @@ COMMANDS = {
   "stats": (_stats, _stats_flags, True, "decode records and report statistics"),
   "preview": (_preview, _preview_flags, True, "write a picture of pipeline output"),
   "tfds-build": (_tfds_build, _tfds_build_flags, False, "build a tfds dataset (ArrayRecord)"),
+  "encode-latents": (
+    _encode_latents,
+    _encode_latents_flags,
+    False,
+    "copy a dataset with the codec's latents of every crop (resumable)",
+  ),
 }
-PATH_FLAGS = ("out", "data_dir", "folder")
+PATH_FLAGS = ("out", "data_dir", "folder", "data")
+CONFIG_COMMANDS = ("encode-latents",)  # their --config is a training config file
 
 
 def main(argv=None) -> int:
   """Runs the CLI on `argv` (the arguments after the program name; default sys.argv[1:])."""
-  argv = list(sys.argv[1:] if argv is None else argv)
+  argv = common.program_argv(PROG, argv)[1:]
   if argv and argv[0] in common.HELP_FLAGS:
     print(__doc__.rstrip())
     return 0
@@ -336,9 +440,10 @@ def main(argv=None) -> int:
   command = argv[0]
   run, define, takes_dir, summary = COMMANDS[command]
   fv = flags.FlagValues()
-  define(fv)
+  command_argv = [f"{PROG} {command}", *argv[1:]]
+  define(fv, command_argv)
   usage = f"{PROG} {command} [FLAGS]" + (" DIR" if takes_dir else "")
-  rest = common.parse(PROG, [f"{PROG} {command}", *argv[1:]], fv, doc=f"{usage}\n  {summary}")
+  rest = common.parse(PROG, command_argv, fv, doc=f"{usage}\n  {summary}")
   if len(rest) != takes_dir:
     common.fail(
       PROG,
@@ -346,9 +451,20 @@ def main(argv=None) -> int:
       f"besides flags, got {len(rest)} (usage: {usage})",
       common.USAGE,
     )
+  config = None
+  if command in CONFIG_COMMANDS:  # loaded (and validated) here: a bad config file is a usage error
+    config = common.config_value(PROG, fv["config"])
+    if config is None:
+      common.fail(PROG, f"{command} needs --config (see --help)", common.USAGE)
   args = types.SimpleNamespace(
-    **{name.replace("-", "_"): value for name, value in fv.flag_values_dict().items()}
+    **{
+      name.replace("-", "_"): value
+      for name, value in fv.flag_values_dict().items()
+      if name != "config" or config is None
+    }
   )
+  if config is not None:
+    args.config = config
   for name in PATH_FLAGS:
     if hasattr(args, name):
       setattr(args, name, paths.resolve(getattr(args, name)))

@@ -326,6 +326,10 @@ class DiagonalGaussian:
   def mode(self) -> jax.Array:
     return self.mean
 
+  def moments(self) -> jax.Array:
+    """Mean then (clipped) log-variance on the channel axis: what `from_moments` reads back."""
+    return jnp.concatenate([self.mean, self.logvar], axis=-1)
+
 
 def _chunked(fn, x: jax.Array, chunk: int | None) -> jax.Array:
   """fn(x) computed `chunk` images at a time (zero-padded to whole chunks, then trimmed)."""
@@ -550,6 +554,44 @@ def infer_config(state: dict[str, Any], source: str = "the state dict") -> VAECo
     ) from None
 
 
+def weight_files(path: str) -> tuple[str | None, str]:
+  """(config.json or None, weights file): the files `load_vae(path)` reads, absolute.
+
+  Raises:
+    FileNotFoundError: the folder or file is missing; the message says what to put where.
+    ValueError: `path` is a file but not a .safetensors file.
+  """
+  path = os.path.abspath(os.path.expanduser(path))
+  if os.path.isdir(path):
+    weights = next(
+      (
+        os.path.join(path, f)
+        for f in (WEIGHTS_FILE, WEIGHTS_FILE_FP16)
+        if os.path.isfile(os.path.join(path, f))
+      ),
+      None,
+    )
+    config_file = os.path.join(path, CONFIG_FILE)
+    absent = [
+      f
+      for f, there in ((CONFIG_FILE, os.path.isfile(config_file)), (WEIGHTS_FILE, weights))
+      if not there
+    ]
+    if absent:
+      raise FileNotFoundError(f"no {' or '.join(absent)} in {path}: {WHERE.format(dir=path)}")
+    return config_file, weights
+  if os.path.isfile(path):
+    if not path.endswith(".safetensors"):
+      raise ValueError(
+        f"{path} is not a .safetensors file: give a diffusers folder or a "
+        ".safetensors file of the SDXL VAE"
+      )
+    return None, path
+  raise FileNotFoundError(
+    f"no SDXL VAE weights at {path}: " + WHERE.format(dir=f"a folder such as {path}")
+  )
+
+
 def load_vae(
   path: str, config: VAEConfig | None = None, dtype: str | None = None
 ) -> tuple[VAEConfig, Any]:
@@ -569,42 +611,15 @@ def load_vae(
     FileNotFoundError: the folder or file is missing; the message says what to put where.
     ValueError: the weights do not fit the config (missing, unexpected or wrong-shaped keys).
   """
-  path = os.path.abspath(os.path.expanduser(path))
-  if os.path.isdir(path):
-    weights = next(
-      (
-        os.path.join(path, f)
-        for f in (WEIGHTS_FILE, WEIGHTS_FILE_FP16)
-        if os.path.isfile(os.path.join(path, f))
-      ),
-      None,
-    )
-    absent = [
-      f
-      for f, there in (
-        (CONFIG_FILE, os.path.isfile(os.path.join(path, CONFIG_FILE))),
-        (WEIGHTS_FILE, weights),
-      )
-      if not there
-    ]
-    if absent:
-      raise FileNotFoundError(f"no {' or '.join(absent)} in {path}: {WHERE.format(dir=path)}")
+  config_file, weights = weight_files(path)
+  if config_file is not None:
     if config is None:
-      with open(os.path.join(path, CONFIG_FILE)) as f:
-        config = config_from_diffusers(json.load(f), os.path.join(path, CONFIG_FILE))
+      with open(config_file) as f:
+        config = config_from_diffusers(json.load(f), config_file)
     state = load_file(weights)
-  elif os.path.isfile(path):
-    if not path.endswith(".safetensors"):
-      raise ValueError(
-        f"{path} is not a .safetensors file: give a diffusers folder or a "
-        ".safetensors file of the SDXL VAE"
-      )
-    weights, state = path, canonical_names(load_file(path))
-    config = config or infer_config(state, path)
   else:
-    raise FileNotFoundError(
-      f"no SDXL VAE weights at {path}: " + WHERE.format(dir=f"a folder such as {path}")
-    )
+    state = canonical_names(load_file(weights))
+    config = config or infer_config(state, weights)
   if dtype is not None:
     config = dataclasses.replace(config, dtype=dtype)
   params = from_diffusers_state_dict(state, config, weights)

@@ -10,8 +10,15 @@ Both map uint8 images [..., H, W, 3] to latents [..., H/f, W/f, C] and back to f
 [-1, 1]. Both are pytrees (`flax.struct.dataclass`): pass a codec to a jitted function as an
 argument and the VAE's parameters are inputs of the computation, not constants folded into it;
 everything else about a codec is static.
+
+`encode` is `sample_moments(encode_moments(images), key)`: the moments (unscaled latents of an
+exact codec; a VAE posterior's mean and log-variance) are what `pippo-data encode-latents` stores,
+so training on stored latents draws the same posterior samples as encoding images on the fly.
+`identity` names what makes the moments (kind, sizes, the VAE's weight files by hash).
 """
 
+import hashlib
+import os
 from typing import Any
 
 import flax.struct
@@ -41,10 +48,20 @@ class SpaceToDepthCodec:
   def latent_channels(self) -> int:
     return 3 * self.downsample**2
 
-  def encode(self, images: jax.Array, key: jax.Array | None = None) -> jax.Array:
+  @property
+  def moment_channels(self) -> int:
+    return self.latent_channels
+
+  def encode_moments(self, images: jax.Array) -> jax.Array:
+    """uint8 [..., H, W, 3] -> the unscaled latents [..., H/f, W/f, 3 f^2] (exact)."""
+    return embeddings.pixel_unshuffle(to_unit(images), self.downsample)
+
+  def sample_moments(self, moments: jax.Array, key: jax.Array | None = None) -> jax.Array:
     del key  # deterministic
-    z = embeddings.pixel_unshuffle(to_unit(images), self.downsample)
-    return (z - self.shift_factor) * self.scale_factor
+    return (moments.astype(jnp.float32) - self.shift_factor) * self.scale_factor
+
+  def encode(self, images: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    return self.sample_moments(self.encode_moments(images), key)
 
   def decode(self, latents: jax.Array) -> jax.Array:
     z = latents / self.scale_factor + self.shift_factor
@@ -74,14 +91,28 @@ class SDXLVAECodec:
   def downsample(self) -> int:
     return self.config.downsample
 
-  def encode(self, images: jax.Array, key: jax.Array | None = None) -> jax.Array:
+  @property
+  def moment_channels(self) -> int:
+    return 2 * self.config.latent_channels
+
+  def encode_moments(self, images: jax.Array) -> jax.Array:
+    """uint8 [..., H, W, 3] -> the posterior's mean then log-variance [..., H/f, W/f, 2 C]."""
     lead, x = images.shape[:-3], to_unit(images)
     posterior = autoencoder.encode(
       self.config, self.params, x.reshape(-1, *x.shape[-3:]), self.chunk
     )
+    moments = posterior.moments()
+    return moments.reshape(*lead, *moments.shape[1:])
+
+  def sample_moments(self, moments: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    """Moments -> scaled latents: a posterior sample with a key (and `sample_posterior`), else
+    its mean."""
+    posterior = autoencoder.DiagonalGaussian.from_moments(moments.astype(jnp.float32))
     z = posterior.sample(key) if key is not None and self.sample_posterior else posterior.mode()
-    z = (z - self.shift_factor) * self.scale_factor
-    return z.reshape(*lead, *z.shape[1:])
+    return (z - self.shift_factor) * self.scale_factor
+
+  def encode(self, images: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    return self.sample_moments(self.encode_moments(images), key)
 
   def decode(self, latents: jax.Array) -> jax.Array:
     lead = latents.shape[:-3]
@@ -135,3 +166,50 @@ def make_codec(codec_cfg):
   if codec_cfg.kind == "sdxl_vae":
     return _load_sdxl_vae(codec_cfg)
   raise ConfigError(f"unknown codec.kind={codec_cfg.kind!r}: use 'space_to_depth' or 'sdxl_vae'")
+
+
+_HASHES: dict[tuple, str] = {}
+
+
+def _sha256(path: str) -> str:
+  """sha256 of a file's bytes (remembered per path, size and modification time)."""
+  st = os.stat(path)
+  key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+  if key not in _HASHES:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+      for block in iter(lambda: f.read(1 << 24), b""):
+        digest.update(block)
+    _HASHES[key] = digest.hexdigest()
+  return _HASHES[key]
+
+
+# The `identity` keys two codecs must share to make the same moments.
+IDENTITY_KEYS = ("kind", "downsample", "latent_channels", "weights_sha256", "config_sha256")
+
+
+def identity(codec_cfg) -> dict[str, Any]:
+  """What makes a codec's moments (`encode_moments`), as JSON: kind, downsample, latent channels,
+  and for a VAE its weight file's name and the sha256 of its bytes (and of its config.json).
+  `IDENTITY_KEYS` must match; the scale and shift (moments are unscaled) and the VAE's compute
+  dtype are recorded but may differ.
+
+  Raises:
+    FileNotFoundError, ValueError: a VAE's weights are not where `codec.weights_path` says.
+  """
+  out = {
+    "kind": codec_cfg.kind,
+    "downsample": int(codec_cfg.downsample),
+    "latent_channels": int(codec_cfg.latent_channels),
+    "scale_factor": float(codec_cfg.scale_factor),
+    "shift_factor": float(codec_cfg.shift_factor),
+  }
+  if codec_cfg.kind == "sdxl_vae":
+    config_file, weights = autoencoder.weight_files(codec_cfg.weights_path)
+    out.update(
+      weights=os.path.basename(weights),
+      weights_sha256=_sha256(weights),
+      config_sha256=_sha256(config_file) if config_file else None,
+      dtype=codec_cfg.get("dtype", "float32"),
+    )
+  return out

@@ -47,6 +47,10 @@ def ensure_dataset(config, workdir: str) -> None:
   studio in WORKDIR/cache and train on it."""
   if config.data.source != "array_record" or config.data.path:
     return
+  if config.data.get("latents", False):
+    raise ConfigError(
+      "data.latents=True needs data.path: a dataset written by `pippo-data encode-latents`"
+    )
   if config.train.synth.subjects <= 0:
     raise ConfigError(
       "data.path is empty: point it at a dataset directory (e.g. OUT/captures from "
@@ -209,7 +213,9 @@ def _train(config, workdir: str) -> dict:
     diffusion_cfg=config.diffusion,
     ema_decay=float(config.train.ema_decay),
   )
-  keys = inputs.batch_keys(cfg, config.diffusion.loss_mask)
+  keys = inputs.batch_keys(
+    cfg, config.diffusion.loss_mask, latents=config.data.get("latents", False)
+  )
   batch_sh = sharding.batch_sharding(mesh, rules)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
@@ -233,12 +239,16 @@ def _train(config, workdir: str) -> dict:
   step_flops = flops.train_step_flops(cfg, batch=config.batch_size)
 
   if config.train.sample_every:
-    # A fixed set of examples for the sample grids, from a differently seeded stream.
+    # A fixed set of examples for the sample grids, from a differently seeded stream; always of
+    # images (a dataset with latents keeps its images), which the grids show.
     sample_cfg = config.data.copy_and_resolve_references()
     sample_cfg.update(
-      seed=config.data.seed + 7919, batch_size=config.train.sample_batch * jax.process_count()
+      seed=config.data.seed + 7919,
+      batch_size=config.train.sample_batch * jax.process_count(),
+      latents=False,
     )
     sample_batch = next(pipelines.make_iterator(sample_cfg))
+    sample_keys = inputs.batch_keys(cfg, config.diffusion.loss_mask)
     sampler = make_sampler(model, codec, cfg, schedule, config)
 
   def next_batch():
@@ -288,7 +298,7 @@ def _train(config, workdir: str) -> dict:
       )
       if config.train.sample_every and (step % config.train.sample_every == 0 or step == num_steps):
         write_samples(
-          workdir, writer, step, sampler, state, sample_batch, keys, batch_sh, mesh, rules
+          workdir, writer, step, sampler, state, sample_batch, sample_keys, batch_sh, mesh, rules
         )
       if received is not None:
         logging.warning("%s: saved a checkpoint at step %d; stopping", received, step)

@@ -1,11 +1,11 @@
 """The pure training step: (state, global batch) -> (state, metrics), compiled with shardings.
 
 A batch is the data pipeline's NumPy dict, turned into model inputs by `models.inputs`. Inside
-the step images go through the codec, one timestep per sample
-is drawn and shared by its views, condition groups are dropped for classifier-free guidance, and
-the plain MSE between the model output and its target (epsilon, v or x0) is minimised. A step whose
-loss or gradient norm is not finite leaves the state untouched and counts itself in
-`state.nonfinite` (reset by the next good step).
+the step images go through the codec (with `data.latents`, their stored moments are sampled), one
+timestep per sample is drawn and shared by its views, condition groups are dropped for
+classifier-free guidance, and the plain MSE between the model output and its target (epsilon, v or
+x0) is minimised. A step whose loss or gradient norm is not finite leaves the state untouched and
+counts itself in `state.nonfinite` (reset by the next good step).
 """
 
 import jax
@@ -23,7 +23,7 @@ def example_keys(key: jax.Array, batch: dict) -> jax.Array:
   """One key per example, from (epoch, record index) when the batch carries them: the noise,
   timestep and condition drops then follow the example, not its row, so a global batch assembled
   in another order (other process counts) trains identically up to summation order."""
-  b = batch["target_images"].shape[0]
+  b = inputs.batch_size(batch)
   if "record_index" not in batch:
     return jax.random.split(key, b)
   fold = lambda e, r: jax.random.fold_in(jax.random.fold_in(key, e), r)
