@@ -89,8 +89,9 @@ def tile_batch(tree, reps: int):
   return jax.tree_util.tree_map(lambda x: jnp.tile(x, (reps,) + (1,) * (jnp.ndim(x) - 1)), tree)
 
 
-def guidance_drops(batch: int, guided: Sequence[str]) -> dict:
-  """Drop masks [(k + 1) B] for the nested passes (pass j keeps guided[:j])."""
+def guidance_drops(batch, guided: Sequence[str]) -> dict:
+  """Drop masks [(k + 1) B] for the nested passes (pass j keeps guided[:j]); `batch` may be
+  symbolic (a `jax.export` shape)."""
   passes = len(guided) + 1
   drops = {}
   for group in CONDITION_GROUPS:
@@ -99,7 +100,7 @@ def guidance_drops(batch: int, guided: Sequence[str]) -> dict:
       per_pass = np.arange(passes) < first_kept
     else:
       per_pass = np.zeros(passes, bool)
-    drops[group] = jnp.asarray(np.repeat(per_pass, batch))
+    drops[group] = jnp.broadcast_to(jnp.asarray(per_pass)[:, None], (passes, batch)).reshape(-1)
   return drops
 
 

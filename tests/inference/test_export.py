@@ -284,15 +284,10 @@ def test_guided_export_matches_and_records_its_batch(base, gen, tmp_path, capsys
   assert meta["sampler"]["guidance"] == {"ref": 2.0} and meta["files"]["saved_model"] is None
   assert "saved_model" not in meta and not (out / "saved_model").exists()
   assert meta["source"]["ema"] is True and meta["source"]["checkpoint"] == str(base / "ckpt")
-  # Symbolic where the guidance code allows it; otherwise the fixed --batch, with the reason.
-  batch = meta["batch"]
-  if batch["symbolic"]:
-    assert "symbolic (b: any size)" in stdout
-  else:
-    assert batch["size"] == 2 and batch["reason"].startswith("the batch could not be symbolic")
-    assert f"fixed at 2: {batch['reason']}" in stdout
+  # Guidance's nested passes keep the batch symbolic.
+  assert meta["batch"]["symbolic"] and "symbolic (b: any size)" in stdout
   sampler = load_exported(str(out))
-  assert sampler.batch_size == (None if batch["symbolic"] else 2)
+  assert sampler.batch_size is None
   inputs = random_inputs(sampler.input_spec, 2, seed=4)
   want = gen.sampler(num_steps=STEPS, scales={"ref": 2.0})(
     gen.params, gen.codec, inputs, jax.random.key(SEED)
