@@ -134,3 +134,26 @@ def config_value(program: str, config_flag):
     fail(program, " ".join(str(e).split()), USAGE)
   except errors.ConfigError as e:
     fail(program, str(e), USAGE)
+
+
+def parse_guidance(text: str | None) -> dict[str, float] | None:
+  """'ref=2,cam=1.5' -> {"ref": 2.0, "cam": 1.5}; 'none' or '' -> {}; None -> None."""
+  from pippo_jax.diffusion.guidance import CONDITION_GROUPS  # pylint: disable=g-import-not-at-top
+
+  if text is None:
+    return None
+  if text.strip().lower() in ("", "none"):
+    return {}
+  scales = {}
+  for item in text.split(","):
+    group, eq, value = (s.strip() for s in item.partition("="))
+    if not eq or group not in CONDITION_GROUPS:
+      raise ValueError(
+        f"--guidance item {item!r}: write GROUP=SCALE with GROUP one of "
+        + ", ".join(CONDITION_GROUPS)
+      )
+    try:
+      scales[group] = float(value)
+    except ValueError:
+      raise ValueError(f"--guidance {group}={value!r}: the scale must be a number") from None
+  return scales

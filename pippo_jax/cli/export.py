@@ -29,7 +29,6 @@ from pippo_jax import paths
 from pippo_jax.cli import common
 
 PROGRAM = "pippo-export"
-GROUPS = ("ref", "cam", "control")
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
 
@@ -90,26 +89,6 @@ def _define(fv: flags.FlagValues) -> None:
   )
 
 
-def parse_guidance(text: str | None) -> dict[str, float] | None:
-  """'ref=2,cam=1.5' -> {"ref": 2.0, "cam": 1.5}; 'none' or '' -> {}; None -> None."""
-  if text is None:
-    return None
-  if text.strip().lower() in ("", "none"):
-    return {}
-  scales = {}
-  for item in text.split(","):
-    group, eq, value = (s.strip() for s in item.partition("="))
-    if not eq or group not in GROUPS:
-      raise ValueError(
-        f"--guidance item {item!r}: write GROUP=SCALE with GROUP one of {', '.join(GROUPS)}"
-      )
-    try:
-      scales[group] = float(value)
-    except ValueError:
-      raise ValueError(f"--guidance {group}={value!r}: the scale must be a number") from None
-  return scales
-
-
 def usage_errors(fv: flags.FlagValues, rest) -> str | None:
   if rest:
     return f"unexpected arguments {rest}"
@@ -126,7 +105,7 @@ def usage_errors(fv: flags.FlagValues, rest) -> str | None:
   if unknown:
     return f"--platforms: unknown {', '.join(unknown)}; choose from {', '.join(PLATFORMS)}"
   try:
-    parse_guidance(fv["guidance"].value)
+    common.parse_guidance(fv["guidance"].value)
   except ValueError as e:
     return str(e)
   return None
@@ -151,7 +130,7 @@ def run_export(fv: flags.FlagValues) -> dict:
     batch=fv["batch"].value,
     num_steps=fv["steps"].value,
     eta=fv["eta"].value,
-    scales=parse_guidance(fv["guidance"].value),
+    scales=common.parse_guidance(fv["guidance"].value),
     symbolic_batch=not fv["fixed-batch"].value,
     saved_model=not fv["no-saved-model"].value,
     platforms=platforms or None,

@@ -25,7 +25,7 @@ import sys
 import time
 import types
 
-from absl import flags
+from absl import app, flags
 
 from pippo_jax import paths
 from pippo_jax.cli import common
@@ -47,8 +47,8 @@ def _define(fv: flags.FlagValues) -> None:
   d(flags.DEFINE_float, "ref-elevation", 0.0, "elevation of the photo's camera, degrees")
   d(flags.DEFINE_string, "cameras", None, "cameras JSON for the target views (see README)")
   d(flags.DEFINE_string, "guidance", None, "CFG scales, e.g. ref=2,cam=1.5 (default: config's)")
-  d(flags.DEFINE_float, "rescale", 0.0, "CFG-rescale factor in [0, 1]")
-  d(flags.DEFINE_boolean, "triangular", False, "SV3D triangular guidance over the orbit")
+  d(flags.DEFINE_float, "rescale", None, "CFG-rescale factor in [0, 1] (default: config's)")
+  d(flags.DEFINE_boolean, "triangular", None, "SV3D triangular guidance (default: config's)")
   d(flags.DEFINE_float, "gamma", None, "attention biasing strength (default: config's)")
   d(flags.DEFINE_integer, "steps", None, "DDIM steps (default: config's)")
   d(flags.DEFINE_float, "eta", None, "DDIM eta (default: config's)")
@@ -58,18 +58,6 @@ def _define(fv: flags.FlagValues) -> None:
   d(flags.DEFINE_string, "vae", None, "SDXL VAE weights (overrides the run's codec.weights_path)")
   d(flags.DEFINE_boolean, "ema", True, "use the EMA parameters where the run kept them")
   d(flags.DEFINE_boolean, "overwrite", False, "replace a non-empty --out")
-
-
-def parse_guidance(text: str | None) -> dict | None:
-  if not text:
-    return None
-  scales = {}
-  for part in text.split(","):
-    name, eq, value = part.partition("=")
-    if not eq or name.strip() not in ("ref", "cam", "control"):
-      raise ValueError(f"--guidance {text!r}: use group=scale pairs for groups ref, cam, control")
-    scales[name.strip()] = float(value)
-  return scales
 
 
 class Progress:
@@ -148,7 +136,7 @@ def run(args) -> list[str]:
 
   from pippo_jax.inference import generator, outputs, sample, scene  # pylint: disable=g-import-not-at-top
 
-  scales = parse_guidance(args.guidance)
+  scales = common.parse_guidance(args.guidance)
   checkpoint = paths.resolve(args.checkpoint)
   out = paths.resolve(args.out)
   # Check the inputs and the output folder before the (slow) model loads.
@@ -169,23 +157,28 @@ def run(args) -> list[str]:
 
   chunks = sample.view_chunks(sc.num_views, args.batch_views, args.anchor_views)
   per_pass = sc.num_views if chunks is None else chunks.shape[1]
-  biasing = per_pass + 1 > gen.cfg.attention_train_views
-  steps = int(args.steps or gen.config.diffusion.sampler.num_steps)
+  # Attention biasing when a pass holds more views than the model trained with (or the config
+  # asks for it always).
+  biasing = True if per_pass + 1 > gen.cfg.attention_train_views else None
+  try:
+    settings = gen.settings(
+      num_steps=args.steps,
+      eta=args.eta,
+      scales=scales,
+      rescale=args.rescale,
+      triangular=args.triangular,
+      attention_biasing=biasing,
+    )
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   sampler = gen.sampler(
-    num_steps=steps,
-    eta=args.eta,
-    scales=scales,
-    rescale=args.rescale,
-    triangular=args.triangular,
-    attention_biasing=biasing,
-    chunks=chunks,
-    progress=Progress(gen.model_calls(steps)),
+    chunks=chunks, progress=Progress(gen.model_calls(settings["num_steps"])), **settings
   )
   passes = 1 if chunks is None else len(chunks)
   print(
     f"{PROGRAM}: {sc.num_views} views at {gen.image_size} px from {checkpoint} "
     f"({passes} pass{'es' if passes > 1 else ''} of {per_pass} views per step"
-    f"{', attention biasing on' if biasing else ''}; compiling...)",
+    f"{', attention biasing on' if settings['attention_biasing'] else ''}; compiling...)",
     file=sys.stderr,
     flush=True,
   )
@@ -196,26 +189,21 @@ def run(args) -> list[str]:
   with outputs.staged_folder(out, args.overwrite) as folder:
     written = outputs.write_views(folder, ref_image, views, sc.names, truth)
     scene.write_cameras(os.path.join(folder, "cameras.json"), sc)
-    settings = dict(
+    record = dict(
       checkpoint=checkpoint,
       image=args.image and paths.resolve(args.image),
       capture=args.capture,
       split=args.split if args.capture is not None else None,
       views=sc.num_views,
       resolution=gen.image_size,
-      steps=steps,
-      eta=args.eta,
-      guidance=scales,
-      rescale=args.rescale,
-      triangular=args.triangular,
-      attention_biasing=biasing,
+      **settings,
       batch_views=per_pass,
       passes=passes,
       seed=args.seed,
       seconds=round(seconds, 2),
     )
     with open(os.path.join(folder, "sample.json"), "w") as f:
-      json.dump(settings, f, indent=1)
+      json.dump(record, f, indent=1)
     written += ["cameras.json", "sample.json"]
   print(
     f"{PROGRAM}: wrote {len(written)} files to {out} ({len(views)} views sampled in "
@@ -242,7 +230,7 @@ def main(argv=None) -> int:
     usage = "--cameras and --mask go with --image, not --capture"
   else:
     try:
-      parse_guidance(args.guidance)
+      common.parse_guidance(args.guidance)
       [float(e) for e in args.elevation]
     except ValueError as e:
       usage = str(e)

@@ -46,6 +46,11 @@ CONDITION_GROUPS = ("ref", "cam", "control")
 ModelFn = Callable[[jnp.ndarray, jnp.ndarray, Mapping[str, jnp.ndarray]], jnp.ndarray]
 
 
+def model_groups(cfg) -> tuple[str, ...]:
+  """The condition groups a model config reads (those guidance may drop), in nesting order."""
+  return ("ref",) + ("cam",) * cfg.use_cam_mlp + ("control",) * cfg.use_control_mlp
+
+
 def _check_groups(names, where: str) -> None:
   unknown = sorted(set(names) - set(CONDITION_GROUPS))
   if unknown:

@@ -122,16 +122,9 @@ def step_spec(cfg, num_views: int, batch: int | str, with_drops: bool) -> list[d
         description=f"True: replace the {g} condition by its learnt null embedding "
         "(classifier-free guidance's unconditional passes)",
       )
-      for g in model_groups(cfg)
+      for g in guidance.model_groups(cfg)
     ]
   return spec
-
-
-def model_groups(cfg) -> tuple[str, ...]:
-  """The condition groups the model reads (those classifier-free guidance may drop)."""
-  return (
-    ("ref",) + (("cam",) if cfg.use_cam_mlp else ()) + (("control",) if cfg.use_control_mlp else ())
-  )
 
 
 def _key_name(entry) -> str:
@@ -184,35 +177,6 @@ def _versions(saved_model: bool) -> dict:
     except importlib.metadata.PackageNotFoundError:
       pass
   return out
-
-
-def _sampler_settings(gen, num_views, num_steps, eta, scales, rescale, triangular, biasing):
-  d = gen.config.diffusion
-  groups = model_groups(gen.cfg)
-  if scales is None:
-    scales = {g: float(s) for g in guidance.CONDITION_GROUPS if (s := d.guidance[g]) != 1.0}
-  unknown = sorted(set(scales) - set(groups))
-  if unknown:
-    raise ValueError(
-      f"guidance for {unknown}: this model's condition groups are {list(groups)}"
-      if set(unknown) <= set(guidance.CONDITION_GROUPS)
-      else f"unknown guidance groups {unknown}: choose from {list(groups)}"
-    )
-  if num_views < 1:
-    raise ValueError(f"num_views={num_views} must be >= 1")
-  settings = dict(
-    num_steps=int(d.sampler.num_steps if num_steps is None else num_steps),
-    eta=float(d.sampler.eta if eta is None else eta),
-    scales={g: float(s) for g, s in scales.items()},
-    rescale=float(d.guidance.get("rescale", 0.0) if rescale is None else rescale),
-    triangular=bool(d.guidance.get("triangular", False) if triangular is None else triangular),
-    attention_biasing=bool(
-      d.sampler.get("attention_biasing", False) if biasing is None else biasing
-    ),
-  )
-  if not 1 <= settings["num_steps"] < d.num_timesteps:
-    raise ValueError(f"num_steps={settings['num_steps']} must be in [1, {d.num_timesteps})")
-  return settings
 
 
 def export_sampler(gen, num_views: int, settings: dict, *, symbolic_batch, batch, platforms):
@@ -268,7 +232,7 @@ def export_denoiser(
       "orbax-export, or leave it out (saved_model=False, pippo-export --no-saved-model)"
     ) from e
 
-  model, cfg, groups = gen.model, gen.cfg, model_groups(gen.cfg)
+  model, cfg, groups = gen.model, gen.cfg, gen.condition_groups
 
   def split(inputs):
     inputs = dict(inputs)
@@ -412,8 +376,15 @@ def export_generator(
   unknown = [p for p in platforms if p not in PLATFORMS]
   if unknown:
     raise ValueError(f"unknown platforms {unknown}: choose from {', '.join(PLATFORMS)}")
-  settings = _sampler_settings(
-    gen, num_views, num_steps, eta, scales, rescale, triangular, attention_biasing
+  if num_views < 1:
+    raise ValueError(f"num_views={num_views} must be >= 1")
+  settings = gen.settings(
+    num_steps=num_steps,
+    eta=eta,
+    scales=scales,
+    rescale=rescale,
+    triangular=triangular,
+    attention_biasing=attention_biasing,
   )
   exported, batch_record, weights, seed = export_sampler(
     gen, num_views, settings, symbolic_batch=symbolic_batch, batch=batch, platforms=platforms

@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 
 from pippo_jax import checkpoints
+from pippo_jax.diffusion import guidance
 from pippo_jax.diffusion import sampler as sampler_lib
 from pippo_jax.diffusion import schedule as schedule_lib
 from pippo_jax.inference import sample as sample_lib
@@ -47,35 +48,53 @@ class Generator:
     cfg = dataclasses.replace(self.cfg, **settings)
     return dataclasses.replace(self, cfg=cfg, model=Pippo(cfg))
 
-  def sampler(
+  @property
+  def condition_groups(self) -> tuple[str, ...]:
+    return guidance.model_groups(self.cfg)
+
+  def settings(
     self,
     *,
     num_steps: int | None = None,
     eta: float | None = None,
     scales=None,
-    rescale: float = 0.0,
-    triangular: bool = False,
-    attention_biasing: bool = False,
-    chunks: np.ndarray | None = None,
-    progress=None,
-  ):
-    """A jitted `(params, codec, batch, key) -> uint8 views [B, V, H, W, 3]`.
+    rescale: float | None = None,
+    triangular: bool | None = None,
+    attention_biasing: bool | None = None,
+  ) -> dict:
+    """Sampler settings, unset ones from the checkpoint's `diffusion` section, checked.
 
-    Unset settings come from the checkpoint's `diffusion.sampler` section; `scales` is
-    {group: scale} for classifier-free guidance (None: the config's guidance scales that are not
-    1.0, i.e. the plain conditional model when all are 1.0).
+    `scales` is {group: scale} for classifier-free guidance (None: the config's guidance scales
+    that are not 1.0, i.e. the plain conditional model when all are 1.0).
     """
     d = self.config.diffusion
     if scales is None:
-      scales = {g: float(s) for g in ("ref", "cam", "control") if (s := d.guidance[g]) != 1.0}
+      scales = {g: float(d.guidance[g]) for g in self.condition_groups if d.guidance[g] != 1.0}
+    unknown = sorted(set(scales) - set(self.condition_groups))
+    if unknown:
+      raise ValueError(
+        f"guidance for {unknown}: this model's condition groups are {list(self.condition_groups)}"
+      )
+    num_steps = int(d.sampler.num_steps if num_steps is None else num_steps)
+    if not 1 <= num_steps < d.num_timesteps:
+      raise ValueError(f"num_steps={num_steps} must be in [1, {d.num_timesteps})")
+    pick = lambda given, default: default if given is None else given
+    return dict(
+      num_steps=num_steps,
+      eta=float(pick(eta, d.sampler.eta)),
+      scales={g: float(v) for g, v in scales.items()},
+      rescale=float(pick(rescale, d.guidance.rescale)),
+      triangular=bool(pick(triangular, d.guidance.triangular)),
+      attention_biasing=bool(pick(attention_biasing, d.sampler.attention_biasing)),
+    )
+
+  def sampler(self, *, chunks: np.ndarray | None = None, progress=None, **settings):
+    """A jitted `(params, codec, batch, key) -> uint8 views [B, V, H, W, 3]` with `settings`
+    (`Generator.settings`), denoising views in `chunks` (`sample.view_chunks`; None: all at
+    once) and calling `progress(step, value)` after each DDIM step."""
     settings = dict(
-      num_steps=int(d.sampler.num_steps if num_steps is None else num_steps),
-      eta=float(d.sampler.eta if eta is None else eta),
-      scales=dict(scales),
-      rescale=rescale,
-      triangular=triangular,
-      attention_biasing=attention_biasing,
-      parameterization=d.prediction,
+      self.settings(**settings),
+      parameterization=self.config.diffusion.prediction,
       chunks=chunks,
       progress=progress,
     )

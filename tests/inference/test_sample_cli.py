@@ -96,7 +96,7 @@ def test_photo_to_views_same_seed_same_pixels(user_dir):
   assert "denoising step 3/3" in first.stderr  # 3 DDIM steps, 3 model calls
   _check_outputs(user_dir / "out" / "astronaut", 4)
   settings = json.loads((user_dir / "out" / "astronaut" / "sample.json").read_text())
-  assert settings["views"] == 4 and settings["steps"] == 3 and settings["passes"] == 1
+  assert settings["views"] == 4 and settings["num_steps"] == 3 and settings["passes"] == 1
   again = pippo_sample([*args, "--out", "out/again"], user_dir)
   assert again.returncode == 0, again.stderr[-3000:]
   views = _views(user_dir / "out" / "astronaut")
@@ -126,7 +126,7 @@ def test_cutout_two_elevations_in_chunks(user_dir):
   assert "2 passes of 4 views" in run.stderr
   _check_outputs(user_dir / "out" / "cutout", 6)
   settings = json.loads((user_dir / "out" / "cutout" / "sample.json").read_text())
-  assert settings["guidance"] == {"ref": 2.0} and settings["passes"] == 2
+  assert settings["scales"] == {"ref": 2.0} and settings["passes"] == 2
 
 
 def test_studio_capture_with_ground_truth(user_dir):
