@@ -26,4 +26,5 @@ def get_config(arg: str | None = None):
   if smoke:  # as P3's smoke size: x0-prediction, a higher learning rate with warm-up
     config.diffusion.prediction = "x0"
     config.optimizer.update(lr=1e-3, warmup_steps=100)
+    config.train.eval_every = 1250
   return config_lib.validate(config)

@@ -29,4 +29,5 @@ def get_config(arg: str | None = None):
     # images (x0), not noise, and takes a higher learning rate with warm-up
     config.diffusion.prediction = "x0"
     config.optimizer.update(lr=1e-3, warmup_steps=100)
+    config.train.eval_every = 1250  # RE, PSNR, SSIM, LPIPS on the held-out person
   return config_lib.validate(config)

@@ -184,6 +184,15 @@ def train_config() -> ml_collections.ConfigDict:
       sample_every=5000,
       sample_steps=30,  # DDIM steps for the sample grids
       sample_batch=2,  # samples (rows) per grid
+      # Evaluation on the data's held-out split (`pippo_jax.evaluation.evaluate`): every
+      # eval_every steps (0: never) and at the end, eval_samples captures x eval_views views,
+      # sampled with sample_steps DDIM steps; scalars eval/... in metrics.jsonl and TensorBoard,
+      # reports in WORKDIR/eval/step_N/.
+      eval_every=0,
+      eval_split="test",
+      eval_samples=4,
+      eval_views=4,
+      eval_lpips="vgg",
       ema_decay=0.0,  # 0 disables the EMA copy of the parameters
       max_nonfinite=10,  # stop after this many non-finite steps in a row
       init_from="",  # checkpoint of the previous stage (stage transition)
@@ -260,6 +269,14 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       raise ConfigError(f"data.num_views={config.data.num_views} != model.num_views={m.num_views}")
     if config.data.get("latents", False):
       _check_latents(config)
+  if config.train.get("eval_every", 0):
+    if config.data.get("kind") != "multiview":
+      raise ConfigError(
+        "train.eval_every needs multi-view captures (M2/P3 data): evaluation compares views "
+        "with their ground truth; set train.eval_every=0"
+      )
+    if config.train.eval_views < 2 or config.train.eval_samples < 1:
+      raise ConfigError("train.eval_views must be >= 2 (RE needs view pairs), eval_samples >= 1")
   if config.optimizer.name != "adamw":
     raise ConfigError(f"optimizer.name={config.optimizer.name!r}: only 'adamw' is implemented")
   if config.optimizer.decay not in DECAYS:

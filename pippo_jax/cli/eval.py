@@ -72,7 +72,7 @@ def run(args) -> dict:
     )
 
   samples = evaluate.generate(
-    gen, gen.params, captures, settings=settings, seed=args.seed, progress=progress
+    gen, gen.sampler(**settings), gen.params, captures, seed=args.seed, progress=progress
   )
   print(f"{PROGRAM}: scoring (LPIPS {args.lpips}, SIFT matching)...", file=sys.stderr, flush=True)
   result = evaluate.score(samples, lpips_net=args.lpips, match_size=args.match_size)

@@ -21,7 +21,6 @@ steps:
    the ground truth, and the keypoint matches of one generated view pair).
 """
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -59,21 +58,21 @@ def load_captures(data_cfg, split: str, num: int, views: int) -> list[studio.Cap
   return [studio.capture_views(data_cfg, source, i, views) for i in range(count)]
 
 
-def generate(
-  gen, params, captures, *, settings: dict, seed: int = 0, mesh=None, rules=None, progress=None
-) -> Samples:
-  """Samples every capture's target views (module docstring, step 1)."""
-  sampler = gen.sampler(**settings)
+def generate(gen, sampler, params, captures, *, seed: int = 0, mesh=None, progress=None) -> Samples:
+  """Samples every capture's target views with `sampler` (`gen.sampler(...)`; module docstring,
+  step 1). With `mesh`, the inputs are replicated on it (`params` may be sharded there); the
+  model's activation constraints stay off, so one capture per call needs no batch sharding."""
   codec = gen.codec
-  put = (lambda x: x) if mesh is None else (lambda x: jax.device_put(x, sharding.replicated(mesh)))
+  put = (lambda tree: tree) if mesh is None else (lambda tree: sharding.replicate(tree, mesh))
   views = []
   for i, cap in enumerate(captures):
     batch = scene.scene_batch(
       cap.reference, cap.scene, gen.config.data, controls=gen.cfg.use_control_mlp
     )
-    key = jax.random.fold_in(jax.random.key(seed), i)
-    with sharding.activate(mesh, rules) if mesh is not None else contextlib.nullcontext():
-      out = sampler(params, codec, put(batch), put(key))
+    key = jax.random.wrap_key_data(
+      put(jax.random.key_data(jax.random.fold_in(jax.random.key(seed), i)))
+    )
+    out = sampler(params, codec, put(batch), key)
     views.append(np.asarray(multihost_utils.process_allgather(out, tiled=True))[0])
     if progress is not None:
       progress(i + 1, len(captures))

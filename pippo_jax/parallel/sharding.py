@@ -96,6 +96,13 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
+def replicate(tree, mesh: Mesh):
+  """Host values that every process holds alike -> global arrays replicated on `mesh` (works
+  across processes, where `jax.device_put` only reaches this process's devices)."""
+  rep = replicated(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(rep, np.asarray(x)), tree)
+
+
 def batch_sharding(mesh: Mesh, rules=LOGICAL_RULES) -> NamedSharding:
   """Leading (batch) axis sharded as the `act_batch` activations; the rest replicated."""
   return NamedSharding(mesh, PartitionSpec(*nn.logical_to_mesh_axes(("act_batch",), rules)))

@@ -168,7 +168,7 @@ def _train(config, workdir: str) -> dict:
   ensure_dataset(config, workdir)
   # The codec's weights (a VAE's) on every device once; the step and the sampler take them as an
   # argument.
-  codec = jax.device_put(codec_lib.make_codec(config.codec), sharding.replicated(mesh))
+  codec = sharding.replicate(codec_lib.make_codec(config.codec), mesh)
   schedule = schedule_lib.cosine_schedule(
     config.diffusion.num_timesteps, config.diffusion.cosine_s, config.diffusion.max_beta
   )
@@ -251,6 +251,10 @@ def _train(config, workdir: str) -> dict:
     sample_keys = inputs.batch_keys(cfg, config.diffusion.loss_mask)
     sampler = make_sampler(model, codec, cfg, schedule, config)
 
+  if config.train.eval_every:
+    # Held-out captures, read once; the same generate/score path as `pippo-eval`.
+    evaluator = Evaluator(config, model, cfg, codec, schedule, mesh)
+
   def next_batch():
     """The next global batch and the data-iterator state just after it (what a checkpoint at its
     step must hold: the loop reads one batch ahead)."""
@@ -300,6 +304,8 @@ def _train(config, workdir: str) -> dict:
         write_samples(
           workdir, writer, step, sampler, state, sample_batch, sample_keys, batch_sh, mesh, rules
         )
+      if config.train.eval_every and step % config.train.eval_every == 0:
+        evaluator(workdir, writer, log, step, state)
       if received is not None:
         logging.warning("%s: saved a checkpoint at step %d; stopping", received, step)
         break
@@ -386,6 +392,46 @@ def make_sampler(model, codec, cfg, schedule, config):
     )
   )
   return lambda params, batch: sample(params, batch, codec)
+
+
+class Evaluator:
+  """Periodic evaluation (`train.eval_*`): every process samples the held-out captures (the
+  collectives of a sharded sampler); process 0 scores them and writes WORKDIR/eval/step_N/ and
+  the `eval/...` scalars."""
+
+  def __init__(self, config, model, cfg, codec, schedule, mesh):
+    from pippo_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+    from pippo_jax.inference import generator  # pylint: disable=g-import-not-at-top
+
+    t = config.train
+    self.gen = generator.Generator(model, None, codec, cfg, config, schedule)
+    self.sampler = self.gen.sampler(**self.gen.settings(num_steps=t.sample_steps))
+    self.captures = evaluate.load_captures(config.data, t.eval_split, t.eval_samples, t.eval_views)
+    self.mesh, self.seed, self.lpips = mesh, config.seed, t.eval_lpips
+
+  def __call__(self, workdir, writer, log, step, state) -> None:
+    from pippo_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+
+    start = time.perf_counter()
+    params = state.ema_params if state.ema_params is not None else state.params
+    samples = evaluate.generate(
+      self.gen, self.sampler, params, self.captures, seed=self.seed, mesh=self.mesh
+    )
+    if jax.process_index() == 0:
+      result = evaluate.score(samples, lpips_net=self.lpips)
+      result.update(step=step, split=self.gen.config.train.eval_split)
+      folder = os.path.join(workdir, "eval", f"step_{step:07d}")
+      os.makedirs(folder, exist_ok=True)
+      evaluate.write_report(folder, samples, result)
+      scalars = evaluate.scalars(result)
+      writer.write_scalars(step, scalars)
+      log.write(step, scalars)
+      logging.info(
+        "evaluation at step %d (%.0f s): %s",
+        step,
+        time.perf_counter() - start,
+        ", ".join(f"{k}={v:.4g}" for k, v in sorted(scalars.items()) if "pct" not in k),
+      )
 
 
 def write_samples(workdir, writer, step, sampler, state, host_batch, keys, batch_sh, mesh, rules):

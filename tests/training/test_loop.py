@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from pippo_jax import checkpoints, config_lib
@@ -48,10 +49,28 @@ def test_loss_falls_and_logs_and_grids_are_written(studio, tmp_path):
   config = small_config("p3_posttrain", "size=smoke,views=2,batch=4")
   config.data.path = studio
   config.optimizer.update(lr=2e-3, warmup_steps=10)
-  config.train.update(num_steps=80, sample_every=80)
+  config.train.update(
+    num_steps=80, sample_every=80, eval_every=40, eval_samples=2, eval_views=3, eval_lpips="alex"
+  )
   last = loop.train(config, str(tmp_path))
-  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  lines = [r for r in rows if "loss" in r]
   assert [l["step"] for l in lines] == list(range(10, 81, 10))
+  # Evaluation at steps 40 and 80: its own lines, reports and TensorBoard scalars.
+  evals = [r for r in rows if "eval/psnr" in r]
+  assert [r["step"] for r in evals] == [40, 80]
+  assert {"eval/ssim", "eval/lpips", "eval/psnr_person", "eval/re_gt_unbalanced"} <= set(evals[0])
+  result = json.loads((tmp_path / "eval" / "step_0000080" / "metrics.json").read_text())
+  assert result["num_captures"] == 1 and result["views"] == 3 and result["step"] == 80
+  assert np.isclose(result["mean"]["psnr"], evals[1]["eval/psnr"])
+  assert (tmp_path / "eval" / "step_0000080" / "best_worst.png").exists()
+  tags = {
+    v.tag
+    for path in glob.glob(str(tmp_path / "events.out.tfevents.*"))
+    for event in tf.compat.v1.train.summary_iterator(path)
+    for v in event.summary.value
+  }
+  assert {"eval/psnr", "eval/lpips"} <= tags
   assert {"loss", "grad_norm", "lr", "examples_per_sec", "mfu", "skipped"} <= set(lines[0])
   first, final = lines[0]["loss"], np.mean([l["loss"] for l in lines[-3:]])
   assert final < 0.85 * first, (first, final)

@@ -1,5 +1,5 @@
 """Two processes over loopback (2 fake CPU devices each, one 4-device mesh) train like one process,
-with every periodic action on (logging, checkpoints, sample grids).
+with every periodic action on (logging, checkpoints, sample grids, evaluation).
 
 The runs go through `launch/local.py` and `pippo-train` exactly as a user starts them. The
 one-process reference has 4 devices, the same config, data and global batch size.
@@ -33,10 +33,15 @@ from pippo_jax.data_pipelines import pipelines
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NUM_STEPS, CHECKPOINT_EVERY = 8, 4
-# Every periodic action is on: logging (every step), checkpoints and sample grids.
+# Every periodic action is on: logging (every step), checkpoints, sample grids and evaluation.
 TRAIN_ARGS = helpers.train_cli_args(
   batch_size=4, num_steps=NUM_STEPS, checkpoint_every=CHECKPOINT_EVERY, sample_every=4
-)
+) + [
+  "--config.train.eval_every=4",
+  "--config.train.eval_samples=1",
+  "--config.train.eval_views=2",
+  "--config.train.eval_lpips=alex",
+]
 TIMEOUT = 300
 
 pytestmark = pytest.mark.slow
@@ -118,8 +123,14 @@ def losses(workdir) -> dict[int, float]:
   out, path = {}, pathlib.Path(workdir) / "metrics.jsonl"
   for line in path.read_text().split("\n")[:-1] if path.exists() else ():
     row = json.loads(line)
-    out[row["step"]] = row["loss"]
+    if "loss" in row:  # evaluation writes lines of its own
+      out[row["step"]] = row["loss"]
   return out
+
+
+def eval_rows(workdir) -> dict[int, dict]:
+  rows = [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").open()]
+  return {r["step"]: r for r in rows if "eval/psnr" in r}
 
 
 def checkpoint_steps(workdir) -> list[int]:
@@ -191,9 +202,19 @@ def test_two_processes_train_like_one(studio, tmp_path, tmp_path_factory):
   finish(launcher(mp_dir, studio, tmp_path_factory), f"{mp_dir}.log")
   finish(reference, f"{ref_dir}.log")
   assert checkpoint_steps(mp_dir)[-1] == checkpoint_steps(ref_dir)[-1] == NUM_STEPS
-  assert len((ref_dir / "metrics.jsonl").read_text().splitlines()) == NUM_STEPS
-  # Only process 0 writes metrics; the restart goes on after the step saved at SIGTERM.
-  assert len((mp_dir / "metrics.jsonl").read_text().splitlines()) == NUM_STEPS
+  # A line per step and per evaluation (steps 4 and 8). Only process 0 writes metrics; the
+  # restart goes on after the step saved at SIGTERM.
+  for workdir in (ref_dir, mp_dir):
+    assert len((workdir / "metrics.jsonl").read_text().splitlines()) == NUM_STEPS + 2
+  # Evaluation: every process sampled, process 0 scored and wrote the reports; the two runs'
+  # parameters agree to 1e-5, so their metrics do too.
+  ref_eval, mp_eval = eval_rows(ref_dir), eval_rows(mp_dir)
+  assert sorted(ref_eval) == sorted(mp_eval) == [4, NUM_STEPS]
+  for step in (4, NUM_STEPS):
+    assert abs(ref_eval[step]["eval/psnr"] - mp_eval[step]["eval/psnr"]) < 0.05
+    for workdir in (ref_dir, mp_dir):
+      report = workdir / "eval" / f"step_{step:07d}"
+      assert {"metrics.json", "table.md", "best_worst.png"} <= set(os.listdir(report))
 
   for workdir in (ref_dir, mp_dir):  # grids of 2 sample rows from every process
     for step in (4, NUM_STEPS):
