@@ -11,6 +11,7 @@ Errors print one line, `PROGRAM: error: MESSAGE`, to stderr; no traceback for a 
 import os
 import re
 import sys
+import types
 
 from absl import app, flags, logging
 
@@ -122,6 +123,26 @@ def guarded(program: str, body, *args):
   except USER_ERRORS as e:
     logging.debug("%s failed", program, exc_info=True)
     fail(program, str(e) or type(e).__name__, FAILED)
+
+
+def run_program(program: str, argv, define, doc: str, usage, body) -> int:
+  """A CLI whose flags `define(fv)` adds: parse `argv`, pass the values (dashes in flag names
+  become underscores) to `usage(args)` (a message for a usage error, else None), then run
+  `body(args)` under `guarded`."""
+  argv = program_argv(program, argv)
+  fv = flags.FlagValues()
+  define(fv)
+  parse(program, argv, fv, doc=doc)
+  args = types.SimpleNamespace(**{name.replace("-", "_"): fv[name].value for name in fv})
+  try:
+    problem = usage(args)
+  except ValueError as e:
+    problem = str(e)
+  if problem:
+    fail(program, f"{problem} (see --help)", USAGE)
+  absl_logging()
+  guarded(program, body, args)
+  return 0
 
 
 def config_value(program: str, config_flag):

@@ -13,7 +13,6 @@ TensorBoard scalars (`eval/...`); OUT appears complete or not at all.
 import os
 import sys
 import time
-import types
 
 from absl import app, flags
 
@@ -98,27 +97,17 @@ def _tensorboard(folder: str, result: dict) -> None:
   writer.close()
 
 
-def main(argv=None) -> int:
-  argv = common.program_argv(PROGRAM, argv)
-  fv = flags.FlagValues()
-  _define(fv)
-  common.parse(PROGRAM, argv, fv, doc=__doc__)
-  args = types.SimpleNamespace(**{name.replace("-", "_"): fv[name].value for name in fv})
-  usage = None
+def _usage(args) -> str | None:
   if not args.checkpoint or not args.out:
-    usage = "--checkpoint and --out are required"
-  elif args.views < 2 or args.num_samples < 0 or args.match_size < 1:
-    usage = "--views must be >= 2 (RE needs view pairs), --num-samples >= 0, --match-size >= 1"
-  else:
-    try:
-      common.parse_guidance(args.guidance)
-    except ValueError as e:
-      usage = str(e)
-  if usage:
-    common.fail(PROGRAM, f"{usage} (see --help)", common.USAGE)
-  common.absl_logging()
-  common.guarded(PROGRAM, run, args)
-  return 0
+    return "--checkpoint and --out are required"
+  if args.views < 2 or args.num_samples < 0 or args.match_size < 1:
+    return "--views must be >= 2 (RE needs view pairs), --num-samples >= 0, --match-size >= 1"
+  common.parse_guidance(args.guidance)
+  return None
+
+
+def main(argv=None) -> int:
+  return common.run_program(PROGRAM, argv, _define, __doc__, _usage, run)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import json
 import os
 import sys
 import time
-import types
 
 from absl import app, flags
 
@@ -213,32 +212,22 @@ def run(args) -> list[str]:
   return written
 
 
-def main(argv=None) -> int:
-  argv = common.program_argv(PROGRAM, argv)
-  fv = flags.FlagValues()
-  _define(fv)
-  common.parse(PROGRAM, argv, fv, doc=__doc__)
-  args = types.SimpleNamespace(**{name.replace("-", "_"): fv[name].value for name in fv})
-  usage = None
+def _usage(args) -> str | None:
   if not args.checkpoint or not args.out:
-    usage = "--checkpoint and --out are required"
-  elif (args.image is None) == (args.capture is None):
-    usage = "give exactly one of --image PHOTO and --capture N"
-  elif args.views < 1 or args.batch_views < 0 or args.anchor_views < 0:
-    usage = "--views must be >= 1, --batch-views and --anchor-views >= 0"
-  elif args.capture is not None and (args.cameras or args.mask):
-    usage = "--cameras and --mask go with --image, not --capture"
-  else:
-    try:
-      common.parse_guidance(args.guidance)
-      [float(e) for e in args.elevation]
-    except ValueError as e:
-      usage = str(e)
-  if usage:
-    common.fail(PROGRAM, f"{usage} (see --help)", common.USAGE)
-  common.absl_logging()
-  common.guarded(PROGRAM, run, args)
-  return 0
+    return "--checkpoint and --out are required"
+  if (args.image is None) == (args.capture is None):
+    return "give exactly one of --image PHOTO and --capture N"
+  if args.views < 1 or args.batch_views < 0 or args.anchor_views < 0:
+    return "--views must be >= 1, --batch-views and --anchor-views >= 0"
+  if args.capture is not None and (args.cameras or args.mask):
+    return "--cameras and --mask go with --image, not --capture"
+  common.parse_guidance(args.guidance)
+  [float(e) for e in args.elevation]  # pylint: disable=expression-not-assigned
+  return None
+
+
+def main(argv=None) -> int:
+  return common.run_program(PROGRAM, argv, _define, __doc__, _usage, run)
 
 
 if __name__ == "__main__":
