@@ -8,6 +8,7 @@
 Errors print one line, `PROGRAM: error: MESSAGE`, to stderr; no traceback for a user's mistake.
 """
 
+import logging as std_logging
 import os
 import re
 import sys
@@ -84,12 +85,18 @@ def usage_message(error: BaseException, argv) -> str:
   return text.splitlines()[0] if text else type(error).__name__
 
 
-def absl_logging() -> None:
-  """Absl logging at INFO through its own handler, absl flags marked parsed (Grain reads them): what
-  `absl.app.run` would set up."""
+def absl_logging(quiet: bool = False) -> None:
+  """Absl logging through its own handler, absl flags marked parsed (Grain reads them): what
+  `absl.app.run` would set up. INFO and up, without orbax's INFO lines (a dozen per checkpoint
+  read or written); `quiet`, for programs that print their own progress: warnings and up, without
+  orbax's warnings about restoring read-only."""
   flags.FLAGS.mark_as_parsed()
   logging.use_absl_handler()
-  logging.set_verbosity(logging.INFO)
+  logging.set_verbosity(logging.WARNING if quiet else logging.INFO)
+  orbax_level = std_logging.ERROR if quiet else std_logging.WARNING
+  logging.get_absl_handler().addFilter(
+    lambda record: "orbax" not in record.pathname or record.levelno >= orbax_level
+  )
 
 
 def fail(program: str, message: str, code: int) -> None:
@@ -140,7 +147,7 @@ def run_program(program: str, argv, define, doc: str, usage, body) -> int:
     problem = str(e)
   if problem:
     fail(program, f"{problem} (see --help)", USAGE)
-  absl_logging()
+  absl_logging(quiet=True)
   guarded(program, body, args)
   return 0
 

@@ -56,7 +56,8 @@ def run(args) -> dict:
   data.path = paths.resolve(args.data) if args.data else data.path
   captures = evaluate.load_captures(data, args.split, args.num_samples, args.views)
   print(
-    f"{PROGRAM}: {len(captures)} captures of the {args.split} split x {args.views} views, "
+    f"{PROGRAM}: {evaluate.counted(len(captures), 'capture')} of the {args.split} split x "
+    f"{args.views} views, "
     f"{settings['num_steps']} DDIM steps",
     file=sys.stderr,
     flush=True,

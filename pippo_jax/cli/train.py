@@ -13,10 +13,9 @@ pods, Slurm) where `jax.distributed.initialize()` finds the coordinator itself. 
 launchers for one machine, TPU pods and Slurm GPU clusters.
 """
 
-import logging as std_logging
 import sys
 
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from pippo_jax.cli import common
@@ -80,9 +79,6 @@ def main(argv=None) -> int:
   from pippo_jax.training import loop  # pylint: disable=g-import-not-at-top
 
   common.absl_logging()  # progress lines come through absl logging
-  logging.get_absl_handler().addFilter(
-    lambda record: "orbax" not in record.pathname or record.levelno >= std_logging.WARNING
-  )
   last = common.guarded(PROGRAM, loop.train, config, fv["workdir"].value)
   if jax.process_index() == 0 and last:
     print("final: " + "  ".join(f"{k} {v:.4g}" for k, v in sorted(last.items())))

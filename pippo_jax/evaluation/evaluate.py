@@ -172,7 +172,7 @@ def markdown_table(result: dict, title: str = "") -> str:
   lines = [
     title
     or (
-      f"{result['num_captures']} captures of the {result.get('split', 'test')} split x "
+      f"{counted(result['num_captures'], 'capture')} of the {result.get('split', 'test')} split x "
       f"{result['views']} views at "
       f"{result['resolution']} px; RE balanced (pairs matched in every row) / unbalanced "
       f"(each row's matched pairs), matcher {result['matcher']} on views enlarged to "
@@ -189,6 +189,11 @@ def markdown_table(result: dict, title: str = "") -> str:
     f"{_fmt(m['ssim_person'], 100, 1)} | {_fmt(m['lpips_person'], 100, 1)} |",
   ]
   return "\n".join(lines) + "\n"
+
+
+def counted(n: int, noun: str) -> str:
+  """'1 capture', '3 captures'."""
+  return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def scalars(result: dict) -> dict:
@@ -214,14 +219,15 @@ def best_worst_picture(samples: Samples, result: dict, *, matcher=None, match_si
   psnrs = [c["psnr"] for c in result["captures"]]
   order = [int(np.nanargmax(psnrs)), int(np.nanargmin(psnrs))]
   blocks = []
-  for n in order[: 1 if order[0] == order[1] else 2]:
+  labels = ["best", "worst"] if order[0] != order[1] else ["only capture"]
+  for n, label in zip(order, labels):
     sheet = outputs.contact_sheet(
       samples.reference[n], samples.generated[n], truth=samples.truth[n]
     )
     i, j = result["captures"][n]["re_pairs"][0]
     big, _, _ = enlarge(samples.generated[n][[i, j]], samples.K[n][[i, j]], match_size)
     pair = _draw_matches(big[0], big[1], matcher)
-    blocks.append(_caption(sheet, f"{samples.names[n]}: PSNR {psnrs[n]:.2f} dB"))
+    blocks.append(_caption(sheet, f"{label}, PSNR {psnrs[n]:.2f} dB: {samples.names[n]}"))
     blocks.append(_caption(pair, f"generated views {i} and {j}: keypoint matches"))
   width = max(b.shape[1] for b in blocks)
   padded = [

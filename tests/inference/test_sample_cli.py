@@ -6,6 +6,7 @@ leave no output folder."""
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -51,6 +52,8 @@ def test_photo_to_views_same_seed_same_pixels(user_dir):
   assert first.returncode == 0, first.stderr[-3000:]
   assert "no alpha and no plain background" in first.stderr  # the astronaut's busy backdrop
   assert "denoising step 3/3" in first.stderr  # 3 DDIM steps, 3 model calls
+  # Only the program's own lines: no absl INFO or WARNING lines from restoring the checkpoint.
+  assert not re.search(r"^[IW]\d{4} ", first.stderr, re.M), first.stderr[:3000]
   _check_outputs(user_dir / "out" / "astronaut", 4)
   settings = json.loads((user_dir / "out" / "astronaut" / "sample.json").read_text())
   assert settings["views"] == 4 and settings["num_steps"] == 3 and settings["passes"] == 1
