@@ -210,7 +210,10 @@ def sharding_config() -> ml_collections.ConfigDict:
   logical-axis rules (logical name -> mesh axis, tuple of axes, or None: replicated)."""
   return ml_collections.ConfigDict(
     dict(
-      mesh=dict(data=-1, fsdp=1, tensor=1), rules=[list(rule) for rule in sharding.LOGICAL_RULES]
+      mesh=dict(data=-1, fsdp=1, seq=1, tensor=1),
+      # Multi-slice (DCN): how many slices each mesh axis spans (all 1: `data` spans them all).
+      dcn=dict(data=1, fsdp=1, seq=1, tensor=1),
+      rules=[list(rule) for rule in sharding.LOGICAL_RULES],
     )
   )
 

@@ -42,6 +42,48 @@ def num_target_views(batch: dict) -> int:
   raise KeyError("the batch has no target views (target_images, _cam_pose, _plucker or _anchor)")
 
 
+def guided_denoiser(
+  model,
+  params,
+  cond,
+  *,
+  scales=None,
+  rescale=0.0,
+  triangular=False,
+  attention_biasing=False,
+  chunks: np.ndarray | None = None,
+):
+  """The sampler's `eps_fn(x_t, t)` (one DDIM step's model call): the model on the conditions
+  `cond` (`inputs.conditions`), run once per guided group on the tiled batch and combined by
+  classifier-free guidance (`scales`, `rescale`, `triangular`), the views in `chunks` at a time
+  (see `sample_views`)."""
+  b = next(iter(cond.values())).shape[0]
+
+  def apply(x_t, t, c, drop):
+    return model.apply({"params": params}, x_t, t, c, drop, attention_biasing=attention_biasing)
+
+  def model_fn(x_t, t, drop):
+    tiled = guidance.tile_batch(cond, x_t.shape[0] // b)
+    if chunks is None:
+      return apply(x_t, t, tiled, drop)
+    v = x_t.shape[1]
+
+    def one(idx):
+      c = {k: (x[:, idx] if k in VIEW_KEYS else x) for k, x in tiled.items()}
+      return apply(x_t[:, idx], t, c, drop).astype(jnp.float32)
+
+    outs = jax.lax.map(one, jnp.asarray(chunks))  # [C, B', K, ...], one pass at a time
+    outs = jnp.moveaxis(outs, 0, 1).reshape((x_t.shape[0], -1) + x_t.shape[2:])
+    flat = chunks.reshape(-1)
+    total = jnp.zeros(x_t.shape, jnp.float32).at[:, flat].add(outs)
+    counts = np.bincount(flat, minlength=v).astype(np.float32)
+    return total / jnp.asarray(counts).reshape(1, v, 1, 1, 1)
+
+  return guidance.guided_eps_fn(
+    model_fn, dict(scales or {}), rescale=rescale, triangular=triangular
+  )
+
+
 def sample_views(
   model,
   params,
@@ -72,28 +114,15 @@ def sample_views(
   cond = inputs.conditions(batch, codec, cfg)
   b, v = batch["ref_image"].shape[0], num_target_views(batch)
   latent_shape = (b, v, cfg.latent_size, cfg.latent_size, cfg.latent_channels)
-
-  def apply(x_t, t, c, drop):
-    return model.apply({"params": params}, x_t, t, c, drop, attention_biasing=attention_biasing)
-
-  def model_fn(x_t, t, drop):
-    tiled = guidance.tile_batch(cond, x_t.shape[0] // b)
-    if chunks is None:
-      return apply(x_t, t, tiled, drop)
-
-    def one(idx):
-      c = {k: (x[:, idx] if k in VIEW_KEYS else x) for k, x in tiled.items()}
-      return apply(x_t[:, idx], t, c, drop).astype(jnp.float32)
-
-    outs = jax.lax.map(one, jnp.asarray(chunks))  # [C, B', K, ...], one pass at a time
-    outs = jnp.moveaxis(outs, 0, 1).reshape((x_t.shape[0], -1) + x_t.shape[2:])
-    flat = chunks.reshape(-1)
-    total = jnp.zeros(x_t.shape, jnp.float32).at[:, flat].add(outs)
-    counts = np.bincount(flat, minlength=v).astype(np.float32)
-    return total / jnp.asarray(counts).reshape(1, v, 1, 1, 1)
-
-  eps_fn = guidance.guided_eps_fn(
-    model_fn, dict(scales or {}), rescale=rescale, triangular=triangular
+  eps_fn = guided_denoiser(
+    model,
+    params,
+    cond,
+    scales=scales,
+    rescale=rescale,
+    triangular=triangular,
+    attention_biasing=attention_biasing,
+    chunks=chunks,
   )
   k_init, k_loop = jax.random.split(key)
   x_T = jax.random.normal(k_init, latent_shape, jnp.float32)

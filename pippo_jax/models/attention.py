@@ -17,8 +17,16 @@ float32 softmax statistics.
   (GPU only, float16/bfloat16 inputs).
 - "splash": Pallas TPU splash attention (full mask, vmapped over batch); runs
   in interpret mode (slowly) when not on a TPU.
+
+`sharded_attention` runs any of them per device in a `shard_map`: with the
+token axis sharded over a mesh axis (sequence or context parallelism, the
+`seq` axis of `parallel.sharding`) each device keeps its share of the queries
+and all-gathers the keys and values (see its docstring for the choice); and
+Pallas kernels, which XLA cannot partition, run on each device's share.
 """
 
+import contextlib
+import contextvars
 import functools
 import math
 
@@ -39,6 +47,27 @@ def _is_gpu(backend: str) -> bool:
   return backend in ("gpu", "cuda", "rocm")
 
 
+# The platform being compiled for, when it is not this process's backend (ahead-of-time
+# compilation for a TPU topology from a CPU host, `parallel.aot`).
+_TARGET_BACKEND = contextvars.ContextVar("pippo_target_backend", default=None)
+
+
+@contextlib.contextmanager
+def target_backend(platform: str):
+  """Pick implementations ("auto") and kernels (splash's interpret mode) for `platform` while
+  tracing in this context, e.g. "tpu" when lowering for a pod topology on a CPU host."""
+  token = _TARGET_BACKEND.set(platform)
+  try:
+    yield
+  finally:
+    _TARGET_BACKEND.reset(token)
+
+
+def current_backend() -> str:
+  """The platform being traced for: `target_backend`'s, else `jax.default_backend()`."""
+  return _TARGET_BACKEND.get() or jax.default_backend()
+
+
 def resolve_implementation(name: str, backend: str | None = None) -> str:
   """Maps `name` to a concrete implementation for `backend`.
 
@@ -47,7 +76,7 @@ def resolve_implementation(name: str, backend: str | None = None) -> str:
 
   Args:
     name: one of `IMPLEMENTATIONS`.
-    backend: platform name; defaults to `jax.default_backend()`.
+    backend: platform name; defaults to `current_backend()`.
 
   Returns:
     One of "xla", "blockwise", "cudnn", "splash".
@@ -58,7 +87,7 @@ def resolve_implementation(name: str, backend: str | None = None) -> str:
     )
   if name != "auto":
     return name
-  backend = backend or jax.default_backend()
+  backend = backend or current_backend()
   if _is_gpu(backend):
     return "cudnn"
   if backend == "tpu":
@@ -150,7 +179,7 @@ def dot_product_attention(
   elif impl == "blockwise":
     out = blockwise_attention(q, k, v, scale=scale, block_q=block_q, block_kv=block_kv)
   elif impl == "cudnn":
-    backend = jax.default_backend()
+    backend = current_backend()
     if not _is_gpu(backend):
       raise ValueError(
         f"attention implementation 'cudnn' needs a GPU, but the backend is "
@@ -160,6 +189,74 @@ def dot_product_attention(
   else:
     out = splash_attention(q, k, v, scale=scale, block_q=block_q, block_kv=block_kv)
   return out.astype(q.dtype)
+
+
+def _as_axes(axis) -> tuple[str, ...]:
+  return () if axis is None else tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+
+
+def sharded_attention(
+  q,
+  k,
+  v,
+  *,
+  scale: float,
+  batch_axis=None,
+  seq_axis=None,
+  head_axis=None,
+  implementation: str = "auto",
+  block_q=512,
+  block_kv=512,
+):
+  """`dot_product_attention` per device, in a `shard_map` over every axis of the mesh in
+  context (`jax.set_mesh`), with q, k and v [B, N, H, D] split over the mesh axes (a name, a
+  tuple of names, or None) `batch_axis`, `seq_axis` (tokens) and `head_axis`; the other axes
+  hold copies.
+
+  Two uses. Sequence (context) parallelism, `seq_axis`: every device all-gathers the keys and
+  values and attends with its own queries; the gradient of the all-gather is a reduce-scatter
+  of dk and dv. Each device then holds scores for its queries only ([tokens / n, tokens] with
+  "xla", one tile with "blockwise") and the full keys and values of one layer
+  (2 x tokens x heads x head_dim). Ring attention would keep only a share of the keys and
+  values too, at the price of n sequential steps of point-to-point transfers; the all-gather is
+  one collective that XLA can overlap, and with blocks rematerialised (`model.remat_policy`) the
+  gathered keys and values live for one block at a time. And kernels XLA cannot partition
+  itself (Pallas splash attention on TPU) run per device. Attention biasing is only a scale,
+  so it carries over unchanged. Batch or head axes that do not divide their dimension are left
+  out (their devices compute the same attention).
+
+  Raises:
+    ValueError: when the token counts are not divisible by the size of `seq_axis`.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  size = lambda axes: math.prod(mesh.shape[a] for a in axes)
+  seq = _as_axes(seq_axis)
+  for name, x in (("queries", q), ("keys", k)):
+    if x.shape[1] % size(seq):
+      raise ValueError(
+        f"sequence parallelism: {x.shape[1]} {name} are not divisible by the {size(seq)} "
+        f"devices of mesh axis {seq_axis!r}; change the views, the resolution or "
+        "sharding.mesh.seq"
+      )
+  fit = lambda axes, n: (axes or None) if n % size(axes) == 0 else None
+  batch, heads = fit(_as_axes(batch_axis), q.shape[0]), fit(_as_axes(head_axis), q.shape[2])
+  kwargs = dict(scale=scale, implementation=implementation, block_q=block_q, block_kv=block_kv)
+
+  def local(q, k, v):
+    if seq:
+      k = lax.all_gather(k, seq, axis=1, tiled=True)
+      v = lax.all_gather(v, seq, axis=1, tiled=True)
+    return dot_product_attention(q, k, v, **kwargs)
+
+  spec = jax.sharding.PartitionSpec(batch, seq or None, heads, None)
+  # check_vma=False: the blockwise scans start from constants that do not vary over the axes.
+  return jax.shard_map(
+    local,
+    in_specs=(spec, spec, spec),
+    out_specs=spec,
+    axis_names=set(mesh.axis_names),
+    check_vma=False,
+  )(q, k, v)
 
 
 # ----------------------------------------------------------------------------
@@ -335,14 +432,14 @@ def blockwise_attention(q, k, v, *, scale: float, block_q: int = 512, block_kv: 
 
 
 @functools.lru_cache(maxsize=32)
-def _splash_kernel(heads: int, tokens: int, bq: int, bkv: int, interpret: bool):
-  """Builds (and caches) a full-mask splash kernel for [heads, tokens, D]."""
+def _splash_kernel(heads: int, tokens: tuple[int, int], bq: int, bkv: int, interpret: bool):
+  """Builds (and caches) a full-mask splash kernel for `heads` heads of (query, key) `tokens`."""
   # Imported lazily: the Pallas TPU modules are only needed for "splash".
   # pylint: disable-next=g-import-not-at-top
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
 
-  mask = mask_lib.MultiHeadMask([mask_lib.FullMask((tokens, tokens)) for _ in range(heads)])
+  mask = mask_lib.MultiHeadMask([mask_lib.FullMask(tuple(tokens)) for _ in range(heads)])
   blocks = splash.BlockSizes(
     block_q=bq,
     block_kv=bkv,
@@ -368,34 +465,34 @@ def _splash_block(block: int, tokens: int) -> int:
 def splash_attention(
   q, k, v, *, scale: float, block_q: int = 512, block_kv: int = 512, interpret: bool | None = None
 ):
-  """Pallas splash attention on [B, N, H, D] arrays (self-attention shapes).
+  """Pallas splash attention on [B, N, H, D] arrays (queries and keys may differ in number:
+  sequence parallelism attends a share of the queries to all keys).
 
   Tiles are rounded to multiples of 128; tokens are padded to a multiple of
-  both tiles and padded keys are excluded with segment ids (real keys get id
+  their tiles and padded keys are excluded with segment ids (real keys get id
   0, padded ones id 1; every query has id 0). `interpret` defaults to True
   off TPU so the kernel runs (slowly) on CPU.
   """
   _check_shapes(q, k, v)
-  if q.shape[1] != k.shape[1]:
-    raise ValueError(
-      f"attention: 'splash' needs as many query as key tokens, got q {q.shape}, k {k.shape}."
-    )
   if interpret is None:
-    interpret = jax.default_backend() != "tpu"
+    interpret = current_backend() != "tpu"
   _, n, h, _ = q.shape
-  bq, bkv = _splash_block(block_q, n), _splash_block(block_kv, n)
-  n_pad = _round_up(n, math.lcm(bq, bkv))
-  kernel, segment_ids_cls = _splash_kernel(h, n_pad, bq, bkv, bool(interpret))
+  nk = k.shape[1]
+  bq, bkv = _splash_block(block_q, n), _splash_block(block_kv, nk)
+  n_pad, nk_pad = _round_up(n, bq), _round_up(nk, bkv)
+  if n == nk:  # self-attention: one padded length for both
+    n_pad = nk_pad = _round_up(n, math.lcm(bq, bkv))
+  kernel, segment_ids_cls = _splash_kernel(h, (n_pad, nk_pad), bq, bkv, bool(interpret))
 
   # Splash has no scale argument: fold it into q (in float32, then back).
   q = (q.astype(jnp.float32) * scale).astype(q.dtype)
-  to_hnd = lambda x: jnp.transpose(_pad_tokens(x, n_pad), (0, 2, 1, 3))
+  to_hnd = lambda x, m: jnp.transpose(_pad_tokens(x, m), (0, 2, 1, 3))
   ids = None
-  if n_pad != n:
+  if nk_pad != nk:
     ids = segment_ids_cls(
-      q=jnp.zeros((n_pad,), jnp.int32), kv=(jnp.arange(n_pad) >= n).astype(jnp.int32)
+      q=jnp.zeros((n_pad,), jnp.int32), kv=(jnp.arange(nk_pad) >= nk).astype(jnp.int32)
     )
   out = jax.vmap(lambda q1, k1, v1: kernel(q1, k1, v1, segment_ids=ids))(
-    to_hnd(q), to_hnd(k), to_hnd(v)
+    to_hnd(q, n_pad), to_hnd(k, nk_pad), to_hnd(v, nk_pad)
   )
   return jnp.transpose(out, (0, 2, 1, 3))[:, :n]

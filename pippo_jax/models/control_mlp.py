@@ -34,10 +34,13 @@ def align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 def resize_bilinear_align_corners(x: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
   """Bilinear resize of [N, H, W, C] with align_corners=True and no antialiasing (PyTorch's
-  `interpolate(mode="bilinear", align_corners=True)`), as two small matmuls."""
+  `interpolate(mode="bilinear", align_corners=True)`), as two small matmuls: along the width
+  first, within each row, so that rows sharded over devices shrink before the height contraction
+  gathers them."""
   wh = align_corners_matrix(x.shape[1], out_hw[0])
   ww = align_corners_matrix(x.shape[2], out_hw[1])
-  return jnp.einsum("oh,nhwc,pw->nopc", wh, x, ww, precision=jax.lax.Precision.HIGHEST)
+  x = jnp.einsum("pw,nhwc->nhpc", ww, x, precision=jax.lax.Precision.HIGHEST)
+  return jnp.einsum("oh,nhpc->nopc", wh, x, precision=jax.lax.Precision.HIGHEST)
 
 
 class Siren(nn.Module):
@@ -117,12 +120,15 @@ class ControlMLP(nn.Module):
     cfg = self.cfg
     b, v, h, w, _ = anchor.shape
     d = cfg.width
+    # Pixel maps are sharded by rows over the sequence-parallel axis (`act_rows`): the
+    # per-pixel SIREN at image resolution is the largest activation of P3 at 1K.
+    rows = lambda x: layers.constrain(x, ("act_batch", "act_rows", None, None))
     rays = Siren(cfg.siren_hidden, cfg.siren_out, cfg.siren_w0_first, cfg.siren_w0, name="siren")(
-      plucker.reshape(b * v, *plucker.shape[2:])
+      rows(plucker.reshape(b * v, *plucker.shape[2:]))
     )
-    rays = resize_bilinear_align_corners(rays, (h, w))
-    maps = jnp.concatenate(
-      [anchor.reshape(b * v, h, w, -1), rays, x_t.reshape(b * v, h, w, -1)], -1
+    rays = rows(resize_bilinear_align_corners(rows(rays), (h, w)))
+    maps = rows(
+      jnp.concatenate([anchor.reshape(b * v, h, w, -1), rays, x_t.reshape(b * v, h, w, -1)], -1)
     )
     tokens = ControlEncoder(d, cfg.control_norm_eps, cfg.compute_dtype, name="encoder")(maps)
     tokens = tokens.reshape(b, -1, d)

@@ -16,6 +16,7 @@ Blocks run under `nn.scan` (stacked parameters, flat compile time in depth) wrap
 with a named `jax.checkpoint_policies` policy, or unrolled for debugging.
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -75,7 +76,19 @@ class DiTBlock(nn.Module):
     q, k, v = (
       layers.constrain(z, ("act_batch", "act_length", "act_heads", None)) for z in (q, k, v)
     )
-    a = attention.dot_product_attention(
+    attend = attention.dot_product_attention
+    seq_axis = layers.sharded_mesh_axis("act_length")
+    splash = attention.resolve_implementation(cfg.attention_impl) == "splash"
+    if seq_axis is not None or (splash and not jax.sharding.get_abstract_mesh().empty):
+      # Tokens sharded over `seq` (sequence parallel), or a kernel XLA cannot partition: attend
+      # per device.
+      attend = functools.partial(
+        attention.sharded_attention,
+        batch_axis=layers.sharded_mesh_axis("act_batch"),
+        seq_axis=seq_axis,
+        head_axis=layers.sharded_mesh_axis("act_heads"),
+      )
+    a = attend(
       q.astype(cd),
       k.astype(cd),
       v.astype(cd),

@@ -197,6 +197,21 @@ class LayerNorm(nn.Module):
     return y
 
 
+def sharded_mesh_axis(logical: str) -> str | tuple[str, ...] | None:
+  """The mesh axis (or axes) that activations' logical axis `logical` is sharded over in the
+  context (`parallel.sharding.activate`): None outside a mesh, when the rules replicate it, or
+  when its mesh axes have size 1."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return None
+  axis = nn.logical_to_mesh_axes((logical,))[0]
+  axes = axis if isinstance(axis, tuple) else (axis,)
+  axes = tuple(a for a in axes if a is not None and mesh.shape.get(a, 1) > 1)
+  if not axes:
+    return None
+  return axes if len(axes) > 1 else axes[0]
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   """Sharding constraint on an activation by logical axis names (no-op without rules/mesh)."""
   return nn.with_logical_constraint(x, tuple(axes))

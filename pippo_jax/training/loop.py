@@ -158,6 +158,12 @@ def _train(config, workdir: str) -> dict:
   mesh = sharding.mesh_from_config(config.sharding.mesh)
   rules = sharding.rules_from_config(config.sharding.rules)
   data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+  replica_group = mesh.shape["seq"] * mesh.shape["tensor"]
+  if jax.local_device_count() % replica_group:
+    raise ConfigError(
+      f"sharding.mesh seq x tensor = {replica_group} devices share each example, but a process "
+      f"has {jax.local_device_count()} devices: those groups must lie within one process"
+    )
   if config.batch_size % data_ways:
     raise ConfigError(
       f"batch_size={config.batch_size} is not divisible by the "

@@ -99,19 +99,26 @@ def train_step(
   return new_state, metrics
 
 
-def compile_train_step(state_shardings, mesh, rules=shard_lib.LOGICAL_RULES, *, codec, **kwargs):
-  """`train_step` jitted with state/batch shardings and the state donated: a `(state, batch)`
-  function (with `.lower(state, batch)`). Call it inside `sharding.activate(mesh, rules)` (see
-  `run_step`). The codec (the VAE's weights, a pytree) is an argument of the compiled function,
-  replicated once, not constants baked into it."""
+def jit_train_step(state_shardings, mesh, rules=shard_lib.LOGICAL_RULES, **kwargs):
+  """`train_step` as a jitted `(state, batch, codec)` function with state/batch shardings, the
+  codec replicated and the state donated (what `compile_train_step` runs and `parallel.aot`
+  compiles for pod topologies). Trace it inside `sharding.activate(mesh, rules)`."""
   replicated = shard_lib.replicated(mesh)
-  jitted = jax.jit(
+  return jax.jit(
     lambda s, b, c: train_step(s, b, codec=c, **kwargs),
     in_shardings=(state_shardings, shard_lib.batch_sharding(mesh, rules), replicated),
     out_shardings=(state_shardings, replicated),
     donate_argnums=(0,),
   )
-  codec = jax.device_put(codec, replicated)
+
+
+def compile_train_step(state_shardings, mesh, rules=shard_lib.LOGICAL_RULES, *, codec, **kwargs):
+  """`jit_train_step` as a `(state, batch)` function (with `.lower(state, batch)`). Call it
+  inside `sharding.activate(mesh, rules)` (see `run_step`). The codec (the VAE's weights, a
+  pytree) is an argument of the compiled function, replicated once, not constants baked into
+  it."""
+  jitted = jit_train_step(state_shardings, mesh, rules, **kwargs)
+  codec = jax.device_put(codec, shard_lib.replicated(mesh))
   step = lambda state, batch: jitted(state, batch, codec)
   step.lower = lambda state, batch: jitted.lower(state, batch, codec)
   return step

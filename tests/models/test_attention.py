@@ -59,6 +59,18 @@ def test_splash_interpret_matches_reference(tokens):
   np.testing.assert_allclose(out, _reference(q, k, v, scale), **TOL)
 
 
+def test_splash_interpret_attends_fewer_queries_to_all_keys():
+  # Sequence parallelism: a device's share of the queries against every key (padded: 200).
+  _, k, v = _qkv((1, 200, 2, 16), seed=2)
+  q = _qkv((1, 72, 2, 16), seed=3)[0]
+  scale = SCALES[1]
+  out = attention.dot_product_attention(
+    q, k, v, scale=scale, implementation="splash", block_q=128, block_kv=128
+  )
+  assert out.shape == q.shape
+  np.testing.assert_allclose(out, _reference(q, k, v, scale), **TOL)
+
+
 def test_blockwise_cross_attention_and_jit():
   q, k, v = _qkv((1, 70, 2, 8), kv_tokens=130, seed=2)
   fn = jax.jit(

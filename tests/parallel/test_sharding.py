@@ -72,7 +72,7 @@ def test_config_rules_and_mesh_drive_the_shardings():
   rules = dict(sharding.rules_from_config(config.sharding.rules))
   assert rules == dict(sharding.LOGICAL_RULES) and rules["act_batch"] == ("data", "fsdp")
   mesh = sharding.mesh_from_config(config.sharding.mesh)
-  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "seq": 1, "tensor": 2}
   assert sharding.batch_sharding(mesh).spec == jax.sharding.PartitionSpec(("data", "fsdp"))
   # A rule changed in the config changes both the batch and the parameter shardings.
   config.sharding.rules = [[k, None if k in ("mlp", "act_batch") else v] for k, v in rules.items()]

@@ -108,7 +108,9 @@ def single(run):
 
 
 @pytest.mark.parametrize(
-  "axes", [dict(data=2, fsdp=4), dict(fsdp=4, tensor=2)], ids=["data2_fsdp4", "fsdp4_tensor2"]
+  "axes",
+  [dict(data=2, fsdp=4), dict(fsdp=4, tensor=2), dict(fsdp=2, seq=4)],
+  ids=["data2_fsdp4", "fsdp4_tensor2", "fsdp2_seq4"],
 )
 def test_sharded_step_matches_single_device(run, single, axes):
   ref_state, ref_metrics = single
@@ -157,6 +159,15 @@ def test_batch_not_divisible_by_data_axes_fails_before_training(tmp_path):
     match="batch_size=6 is not divisible by the data-parallel mesh "
     r"axes data x fsdp = 8",
   ):
+    loop.train(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_seq_and_tensor_groups_must_lie_within_a_process(tmp_path, monkeypatch):
+  # Devices that differ only in `seq` or `tensor` share examples; a process loads its own.
+  config = helpers.tiny_config(str(tmp_path / "never_read"), batch_size=2, data=2, seq=2, tensor=2)
+  monkeypatch.setattr(jax, "local_device_count", lambda: 2)  # as if 4 processes of 2 devices
+  with pytest.raises(ValueError, match="seq x tensor = 4 devices share each example"):
     loop.train(config, str(tmp_path / "run"))
   assert not (tmp_path / "run" / "checkpoints").exists()
 

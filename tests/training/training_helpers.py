@@ -56,7 +56,7 @@ def tiny_config(data_path: str, *, batch_size: int = 8, stage: str = "p3_posttra
   config.data.path = data_path
   config.train.update(num_steps=4, log_every=2, checkpoint_every=2, sample_every=0, peak_flops=1e12)
   if mesh:
-    config.sharding.mesh.update({**dict(data=1, fsdp=1, tensor=1), **mesh})
+    config.sharding.mesh.update({**dict(data=1, fsdp=1, seq=1, tensor=1), **mesh})
   return config
 
 
