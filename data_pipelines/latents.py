@@ -284,7 +284,7 @@ def encode_dataset(
     encoder = _Encoder(src, crop, codec, batch, dtype, stream)
     name = f"{label}/{split}" if label else split
     progress = writer.Progress(name, len(src), stream=stream)
-    start, before = time.perf_counter(), _good_shards(out_dir, split)
+    start, before = time.perf_counter(), writer.intact_shards(out_dir, split)
     entry = writer.write_split(
       out_dir,
       split,
@@ -313,14 +313,3 @@ def encode_dataset(
     if max_shards is not None:
       max_shards = max(0, max_shards - new_shards)
   return results
-
-
-def _good_shards(directory: str, split: str) -> int:
-  """How many shards of `split` in `directory` are intact (0 if nothing is written yet)."""
-  try:
-    entry = writer.read_index(directory)["splits"].get(split)
-  except FileNotFoundError:
-    return 0
-  if entry is None:
-    return 0
-  return sum(writer.check_shard(directory, s) is None for s in entry["shards"])

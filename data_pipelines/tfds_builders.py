@@ -19,7 +19,8 @@ with `tfds.data_source` (no TensorFlow needed for either)::
   built with `config=image_folder_config(DIR)` (config named after DIR),
   with optional `metadata.jsonl` lines `{"file": "train/a.jpg",
   "person_box": [x, y, w, h], "detection_confidence": .9, "visibility": 1,
-  "quality": .8, "face_box": [...]}`. Missing fields: the person box is the
+  "quality": .8, "face_box": [...]}` (the records of `folder_formats.photo_record`).
+  Missing fields: the person box is the box of the photo's alpha channel or else the
   whole image, scores are 1 and there is no face box. Photos that do not
   decode or lie outside `schemas.decode_image`'s size limits are logged with
   their path and skipped; 16-bit photos are stored scaled to 8 bits.
@@ -28,7 +29,6 @@ with `tfds.data_source` (no TensorFlow needed for either)::
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import os
@@ -37,9 +37,8 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
-from PIL import Image
 
-from pippo_jax.data_pipelines import schemas, synthetic_studio
+from pippo_jax.data_pipelines import folder_formats, schemas, synthetic_studio
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -158,29 +157,6 @@ def image_folder_config(folder: str, name: str = "") -> ImageFolderConfig:
   return ImageFolderConfig(name=name, folder=folder)
 
 
-def _photo_record(path: str, rel: str, split: str, meta: dict) -> dict:
-  with open(path, "rb") as f:
-    data = f.read()
-  image = schemas.decode_image(data, rel)  # full decode and size check
-  height, width = image.shape[:2]
-  with Image.open(io.BytesIO(data)) as im:
-    if im.format not in ("JPEG", "PNG") or im.mode not in ("RGB", "L", "RGBA", "P"):
-      data = schemas.encode_image(image, "png")  # e.g. 16-bit: stored as 8-bit
-  return {
-    "image_id": rel,
-    "subject_id": int(meta.get("subject_id", -1)),
-    "split": split,
-    "image": data,
-    "height": height,
-    "width": width,
-    "person_box": meta.get("person_box", [0, 0, width, height]),
-    "detection_confidence": meta.get("detection_confidence", 1.0),
-    "visibility": meta.get("visibility", 1.0),
-    "quality": meta.get("quality", 1.0),
-    "face_box": meta.get("face_box", [0, 0, 0, 0]),
-  }
-
-
 class PippoImageFolder(tfds.core.GeneratorBasedBuilder):
   """Image records from a folder of photos (see module docstring)."""
 
@@ -226,7 +202,7 @@ class PippoImageFolder(tfds.core.GeneratorBasedBuilder):
         continue
       rel = os.path.join(sub, name) if sub else name
       try:
-        rec = _photo_record(os.path.join(folder, rel), rel, split, meta.get(rel, {}))
+        rec = folder_formats.photo_record(os.path.join(folder, rel), rel, split, meta.get(rel, {}))
       except Exception as e:  # pylint: disable=broad-except
         logging.warning("skipping photo %s: %s", os.path.join(folder, rel), e)
         continue

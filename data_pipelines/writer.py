@@ -80,6 +80,18 @@ def read_index(directory: str) -> dict[str, Any]:
   return index
 
 
+def intact_shards(directory: str, split: str) -> int:
+  """How many shards of `split` in `directory` are intact (0 if nothing is written yet): what a
+  resumed job keeps."""
+  try:
+    entry = read_index(directory)["splits"].get(split)
+  except FileNotFoundError:
+    return 0
+  if entry is None:
+    return 0
+  return sum(check_shard(directory, s) is None for s in entry["shards"])
+
+
 def check_shard(directory: str, shard: dict[str, Any]) -> str | None:
   """What is wrong with the file of an index entry's shard; None if nothing.
 
@@ -153,6 +165,7 @@ def write_split(
   meta: dict[str, Any] | None = None,
   progress: Progress | None = None,
   max_shards: int | None = None,
+  map_fn: Callable | None = None,
 ) -> dict[str, Any]:
   """Writes records `make_record(0..num_records-1)` as one split.
 
@@ -167,6 +180,8 @@ def write_split(
     progress: optional progress reporter (updated per record).
     max_shards: write at most this many missing shards, then stop with the split incomplete (a
       re-run continues); None: all.
+    map_fn: how a shard's records are made, `map_fn(make_record, range(lo, hi))` in order
+      (default `map`; e.g. a process pool's `imap` to make them in parallel).
 
   Returns:
     The split's entry in the index.
@@ -215,10 +230,10 @@ def write_split(
     tmp = os.path.join(directory, f".{name}.tmp")
     writer = array_record_module.ArrayRecordWriter(tmp, WRITER_OPTIONS)
     try:
-      for i in range(lo, hi):
-        writer.write(make_record(i))
+      for k, record in enumerate((map_fn or map)(make_record, range(lo, hi))):
+        writer.write(record)
         if progress is not None:
-          progress.update(written + i - lo + 1)
+          progress.update(written + k + 1)
     finally:
       writer.close()
     os.replace(tmp, os.path.join(directory, name))

@@ -20,6 +20,14 @@
       --config.data.path=OUT[/captures] --config.data.latents=True.
       Resumable: re-running the same command finishes an interrupted job.
 
+  pippo-data convert --format FORMAT --src DIR --out OUT [--split-by subject --val 0.05
+      --test 0.05] [--workers N]
+      Real data into records: FORMAT is pippo-samples (the release's .npy samples; needs
+      --allow-pickle), ava256, goliath, capture-folder (your own rig) or image-folder
+      (photos for P1). Writes OUT/captures or OUT/images and a convert_report.json (skipped
+      items and why, head-point residuals). Resumable: re-running the same command keeps
+      the shards already written.
+
 Paths are resolved once, here (`~` expanded, made absolute); an output that
 cannot be written fails before any work. Errors print one line and exit
 non-zero (see `pippo_jax.cli.common`); `inspect` exits 1 when a shard is
@@ -301,6 +309,36 @@ def _encode_latents(args):
     print(f"train on it with --config.data.path={out_dir} --config.data.latents=True")
 
 
+def _convert(args):
+  from pippo_jax.data_pipelines import convert  # pylint: disable=g-import-not-at-top
+
+  paths.writable_dir(args.out, "--out")
+  if args.format == "pippo-samples":
+    options = {"allow_pickle": args.allow_pickle, "sample_intrinsics": args.sample_intrinsics}
+  elif args.format in ("ava256", "goliath"):
+    options = {
+      "frames_per_capture": args.frames_per_capture,
+      "resolution": args.resolution,
+      "frame_size": args.frame_size,
+      "image_format": args.image_format,
+      "head_keypoints": args.head_keypoints,
+    }
+  else:
+    options = {}
+  convert.convert(
+    args.format,
+    args.src,
+    args.out,
+    options,
+    split_by=args.split_by,
+    val=args.val,
+    test=args.test,
+    workers=args.workers,
+    records_per_shard=args.records_per_shard,
+    stream=sys.stdout,
+  )
+
+
 def _synth_flags(fv: flags.FlagValues, argv: list[str]) -> None:
   del argv  # no flags read from the command line
   flags.DEFINE_string(
@@ -410,6 +448,75 @@ def _encode_latents_flags(fv: flags.FlagValues, argv: list[str]) -> None:
   )
 
 
+def _convert_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+  del argv  # no flags read from the command line
+  flags.DEFINE_enum(
+    "format",
+    None,
+    ("pippo-samples", "ava256", "goliath", "capture-folder", "image-folder"),
+    'Layout of --src (see the README\'s "Real data").',
+    required=True,
+    flag_values=fv,
+  )
+  flags.DEFINE_string("src", None, "Source directory.", required=True, flag_values=fv)
+  flags.DEFINE_string(
+    "out", None, "Output folder (OUT/captures or OUT/images).", required=True, flag_values=fv
+  )
+  flags.DEFINE_enum(
+    "split-by",
+    "subject",
+    ("subject", "none"),
+    "subject: hold out --val/--test fractions of the subjects (by a hash of the subject id, "
+    "stable when subjects are added); none: everything in train.",
+    flag_values=fv,
+  )
+  flags.DEFINE_float("val", 0.05, "Fraction of subjects in the val split.", flag_values=fv)
+  flags.DEFINE_float("test", 0.05, "Fraction of subjects in the test split.", flag_values=fv)
+  flags.DEFINE_integer("workers", 1, "Processes that decode and convert items.", flag_values=fv)
+  flags.DEFINE_integer(
+    "records-per-shard", 0, "Records per shard (0: 8 captures or 256 photos).", flag_values=fv
+  )
+  flags.DEFINE_bool(
+    "allow-pickle",
+    False,
+    "pippo-samples: unpickle the .npy files (runs any code they hold; only for files you trust).",
+    flag_values=fv,
+  )
+  flags.DEFINE_enum(
+    "sample-intrinsics",
+    "frame",
+    ("frame", "image"),
+    "pippo-samples: cam_intrin is for the 4096x2668 calibration frame (the views being its "
+    "centred square) or for the stored views.",
+    flag_values=fv,
+  )
+  flags.DEFINE_integer(
+    "frames-per-capture",
+    1,
+    "ava256/goliath: frames per capture folder, evenly spaced (0: all).",
+    flag_values=fv,
+  )
+  flags.DEFINE_integer(
+    "resolution", 1024, "ava256/goliath: side of the square views stored.", flag_values=fv
+  )
+  flags.DEFINE_string(
+    "frame-size",
+    "4096x2668",
+    "ava256/goliath: ROWSxCOLUMNS of the calibrated frames.",
+    flag_values=fv,
+  )
+  flags.DEFINE_enum(
+    "image-format", "png", ("png", "jpeg"), "ava256/goliath: encoding of the views.", flag_values=fv
+  )
+  flags.DEFINE_string(
+    "head-keypoints",
+    "",
+    "goliath body captures: 3D keypoints (indices or names, comma-separated) whose mean is the "
+    "head point (default: 0-4, nose, eyes and ears in COCO order).",
+    flag_values=fv,
+  )
+
+
 # command: (run, define its flags, takes a DIR argument, what it does)
 COMMANDS = {
   "synth": (_synth, _synth_flags, False, "render the synthetic studio (resumable)"),
@@ -417,6 +524,12 @@ COMMANDS = {
   "stats": (_stats, _stats_flags, True, "decode records and report statistics"),
   "preview": (_preview, _preview_flags, True, "write a picture of pipeline output"),
   "tfds-build": (_tfds_build, _tfds_build_flags, False, "build a tfds dataset (ArrayRecord)"),
+  "convert": (
+    _convert,
+    _convert_flags,
+    False,
+    "convert the release's samples, Ava-256, Goliath, a capture folder or photos (resumable)",
+  ),
   "encode-latents": (
     _encode_latents,
     _encode_latents_flags,
@@ -424,7 +537,7 @@ COMMANDS = {
     "copy a dataset with the codec's latents of every crop (resumable)",
   ),
 }
-PATH_FLAGS = ("out", "data_dir", "folder", "data")
+PATH_FLAGS = ("out", "data_dir", "folder", "data", "src")
 CONFIG_COMMANDS = ("encode-latents",)  # their --config is a training config file
 
 
@@ -469,6 +582,10 @@ def main(argv=None) -> int:
     if hasattr(args, name):
       setattr(args, name, paths.resolve(getattr(args, name)))
   args.dir = paths.resolve(rest[0]) if takes_dir else None
+  if command == "convert" and (args.val < 0 or args.test < 0 or args.val + args.test >= 1):
+    common.fail(PROG, "--val and --test must be >= 0 and sum to less than 1", common.USAGE)
+  if command == "convert" and args.workers < 1:
+    common.fail(PROG, "--workers must be at least 1", common.USAGE)
   if command == "tfds-build" and args.builder == "image_folder" and not args.folder:
     common.fail(PROG, "--builder image_folder needs --folder DIR", common.USAGE)
   return common.guarded(PROG, run, args) or 0

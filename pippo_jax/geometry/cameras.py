@@ -32,7 +32,10 @@ Arrays are float64 NumPy, batched over leading axes: K [..., 3, 3], E [..., 4, 4
   * COLMAP (Hamilton quaternion qw qx qy qz + t, world -> camera, OpenCV axes),
   * the KRT JSON layout of the authors' captures (Goliath / Ava-256
     `camera_calibration.json`): {"KRT": [{"cameraId", "K": K^T, "T": E^T}, ...]},
-    i.e. K stored transposed and "T" the transposed 4x4 world->camera matrix.
+    i.e. K stored transposed and "T" the transposed 4x4 world->camera matrix; their frames
+    are MUGSY_FRAME_HW (4096 rows x 2668 columns, portrait), and `frame_to_square_intrinsics`
+    gives K for such a frame cropped to its centred square and resized (what the authors'
+    release does to Ava-256 views).
 """
 
 from collections.abc import Sequence
@@ -346,3 +349,19 @@ def KE_to_krt(
   return {
     "KRT": [{"cameraId": n, "K": k.T.tolist(), "T": e.T.tolist()} for n, k, e in zip(names, K, E)]
   }
+
+
+# Full-resolution frames of the authors' head/body capture domes (Ava-256 and Goliath
+# `camera_calibration.json` intrinsics refer to this size: rows, columns).
+MUGSY_FRAME_HW = (4096, 2668)
+
+
+def frame_to_square_intrinsics(K, frame_hw, side: int) -> np.ndarray:
+  """K for a frame of frame_hw (H, W) cropped to its centred square and resized to side x side.
+
+  The square is min(H, W) wide, centred: for a portrait 4096 x 2668 frame it keeps rows
+  714..3382, so the principal point moves up by 714 px before the scale side / 2668.
+  """
+  h, w = (float(v) for v in frame_hw)
+  s = min(h, w)
+  return crop_and_resize_intrinsics(K, ((w - s) / 2, (h - s) / 2, s, s), (side, side))

@@ -43,3 +43,44 @@ def triangulate_with_cameras(K1, E1, K2, E2, uv1, uv2) -> np.ndarray:
   return triangulate_points(
     cameras.projection_matrix(K1, E1), cameras.projection_matrix(K2, E2), uv1, uv2
   )
+
+
+def triangulate_observations(K, E, uv):
+  """Points seen by some of V cameras, each from wherever it was observed.
+
+  Args:
+    K: intrinsics [V, 3, 3]; E: extrinsics [V, 4, 4] (module convention, validated).
+    uv: pixels [V, N, 2]; NaN where point n was not observed in view v.
+
+  Returns:
+    (X [N, 3], errors [V, N]): the DLT points (NaN where fewer than two views observed them)
+    and each observation's reprojection error in pixels (NaN where not observed).
+  """
+  K, E = cameras.validate_cameras(K, E)
+  uv = np.asarray(uv, np.float64)
+  P = cameras.projection_matrix(K, E)
+  seen = np.all(np.isfinite(uv), axis=-1)  # [V, N]
+  X = np.full((uv.shape[1], 3), np.nan)
+  errors = np.full(seen.shape, np.nan)
+  for n in range(uv.shape[1]):
+    views = np.flatnonzero(seen[:, n])
+    if len(views) < 2:
+      continue
+    X[n] = triangulate_views(P[views], uv[views, n][:, None])[0]
+    for v in views:
+      errors[v, n] = reprojection_errors(P[v], X[n][None], uv[v, n][None])[0]
+  return X, errors
+
+
+def nearest_point_to_axes(E) -> np.ndarray:
+  """The point closest (least squares) to every camera's optical axis, [3].
+
+  For a rig whose cameras all aim at one spot (a head dome) this is that spot. Each axis is the
+  line through the camera centre o along its viewing direction d (the third row of R); the
+  point minimises sum |(I - d d^T)(X - o)|^2.
+  """
+  E = cameras.as_E44(E)
+  o = cameras.camera_centers(E)
+  d = E[:, 2, :3] / np.linalg.norm(E[:, 2, :3], axis=-1, keepdims=True)
+  M = np.eye(3)[None] - d[:, :, None] * d[:, None, :]
+  return np.linalg.solve(M.sum(0), np.einsum("vij,vj->i", M, o))
