@@ -16,7 +16,8 @@ than the model was trained with (model.attention_train_views).
 
 Writes OUT/reference.png, view_NNN.png, contact_sheet.png, turntable.gif (turntable.mp4 with
 imageio-ffmpeg installed), cameras.json (reference + targets, head frame) and sample.json (the
-settings); with --capture also truth_NNN.png. OUT appears complete or not at all.
+settings); with --capture also truth_NNN.png. OUT appears complete or not at all. --lift then
+runs `pippo-lift --views OUT --out OUT/lift` (mesh.glb, mesh.ply, renders, turntable).
 """
 
 import json
@@ -57,6 +58,9 @@ def _define(fv: flags.FlagValues) -> None:
   d(flags.DEFINE_string, "vae", None, "SDXL VAE weights (overrides the run's codec.weights_path)")
   d(flags.DEFINE_boolean, "ema", True, "use the EMA parameters where the run kept them")
   d(flags.DEFINE_boolean, "overwrite", False, "replace a non-empty --out")
+  d(flags.DEFINE_boolean, "lift", False, "then fit a textured mesh to the views (OUT/lift/)")
+  d(flags.DEFINE_integer, "lift-steps", 250, "pippo-lift --steps for --lift")
+  d(flags.DEFINE_integer, "lift-resolution", 64, "pippo-lift --resolution for --lift")
 
 
 class Progress:
@@ -209,6 +213,12 @@ def run(args) -> list[str]:
     f"{seconds:.1f} s, compilation included)",
     flush=True,
   )
+  if args.lift:
+    from pippo_jax.cli import lift  # pylint: disable=g-import-not-at-top
+
+    settings = lift.make_settings(args.lift_steps, args.lift_resolution)
+    lifted, _ = lift.lift_folder(out, os.path.join(out, "lift"), settings, program=PROGRAM)
+    written += [f"lift/{name}" for name in lifted]
   return written
 
 
@@ -221,6 +231,12 @@ def _usage(args) -> str | None:
     return "--views must be >= 1, --batch-views and --anchor-views >= 0"
   if args.capture is not None and (args.cameras or args.mask):
     return "--cameras and --mask go with --image, not --capture"
+  if args.lift:
+    from pippo_jax.cli import lift  # pylint: disable=g-import-not-at-top
+
+    problem = lift.usage_problem(args.lift_steps, args.lift_resolution, 1)
+    if problem:
+      return problem.replace("--steps", "--lift-steps").replace("--resolution", "--lift-resolution")
   common.parse_guidance(args.guidance)
   [float(e) for e in args.elevation]  # pylint: disable=expression-not-assigned
   return None
