@@ -1,0 +1,41 @@
+"""pippo_jax keeps freed host memory mapped (hostmem): a second large allocation reuses pages."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+# In a fresh process: import pippo_jax (which sets glibc's malloc up), then allocate and fill
+# 256 MiB twice; print the page faults of the second fill (4 KiB pages: numpy's own huge-page
+# advice is off, as for XLA's buffers).
+PROGRAM = """
+import resource
+import numpy as np
+np._core.multiarray._set_madvise_hugepage(False)
+import pippo_jax
+from pippo_jax import hostmem
+faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+a = np.ones(2**26, np.float32); del a
+before = faults()
+b = np.ones(2**26, np.float32)
+print(hostmem.keep_freed_memory(), faults() - before)
+"""
+
+
+def refill_faults(keep: bool) -> tuple[bool, int]:
+  env = dict(os.environ, **{"PIPPO_KEEP_HOST_MEMORY": "1" if keep else "0"})
+  out = subprocess.run(
+    [sys.executable, "-c", PROGRAM], env=env, capture_output=True, text=True, check=True
+  ).stdout.split()
+  return out[0] == "True", int(out[1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
+def test_freed_memory_is_reused_without_page_faults():
+  kept, faults = refill_faults(keep=True)
+  off, faults_off = refill_faults(keep=False)
+  assert kept and not off
+  pages = 2**28 // 4096  # 65536 pages of 4 KiB in 256 MiB
+  assert faults_off > pages // 2  # glibc's default: the freed block went back to the kernel
+  assert faults < pages // 100  # kept: the same pages again
