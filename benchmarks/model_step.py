@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pippo_jax import config_lib
+from pippo_jax import config_lib, hostmem
 from pippo_jax.cli import common
 from pippo_jax.diffusion import schedule as schedule_lib
 from pippo_jax.models import flops, inputs
@@ -197,6 +197,7 @@ def table(bench: Bench, repeats: int, peak: float) -> str:
 
 
 def main():
+  hostmem.keep_freed_memory()  # as pippo-train does (before JAX starts its threads)
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default="configs/p3_posttrain.py:size=tiny,res=128")
   parser.add_argument(

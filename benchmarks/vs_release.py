@@ -62,7 +62,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import model_step  # noqa: E402  (sibling module)
 
-from pippo_jax import config_lib  # noqa: E402
+from pippo_jax import config_lib, hostmem  # noqa: E402
 from pippo_jax.models import params as params_lib  # noqa: E402
 from pippo_jax.models.config import ModelConfig  # noqa: E402
 
@@ -322,6 +322,7 @@ def parse_list(text: str, kind, allowed=None) -> list:
 
 
 def main():
+  hostmem.keep_freed_memory()  # as pippo-train does (before JAX starts its threads)
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument(
     "--release-src", metavar="DIR", help="a checkout of https://github.com/facebookresearch/pippo"

@@ -6,8 +6,11 @@ with mmap (or from per-thread arenas it trims) and returns them to the kernel wh
 training step touches about a gigabyte of new pages: ~290k page faults per tiny P3 @128
 forward+backward, 10-20% of the step on a 2-core CPU. `keep_freed_memory` makes glibc serve every
 block from one heap that is never trimmed; steps then reuse pages already mapped (0 faults after
-the first step). The price is that memory freed is not given back to the system while the
-process lives (its peak stays resident), which is what a training or sampling process wants.
+the first steps). The price: memory freed is not given back to the system while the process lives
+(its peak stays resident), and with one arena XLA's multi-threaded compiler waits on malloc's
+lock, compiling about 1.35x slower (tiny P3 @128's three programs: 30 -> 40 s). That pays off for
+a long run of one compiled step, not for short compile-bound work, so `pippo-train` and the
+step benchmarks call it and nothing else does (`PIPPO_KEEP_HOST_MEMORY=0` turns it off there).
 """
 
 import ctypes

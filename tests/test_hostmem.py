@@ -1,4 +1,4 @@
-"""pippo_jax keeps freed host memory mapped (hostmem): a second large allocation reuses pages."""
+"""hostmem keeps freed host memory mapped: a second large allocation reuses pages."""
 
 import os
 import subprocess
@@ -6,20 +6,20 @@ import sys
 
 import pytest
 
-# In a fresh process: import pippo_jax (which sets glibc's malloc up), then allocate and fill
+# In a fresh process: set glibc's malloc up as pippo-train does, then allocate and fill
 # 256 MiB twice; print the page faults of the second fill (4 KiB pages: numpy's own huge-page
 # advice is off, as for XLA's buffers).
 PROGRAM = """
 import resource
 import numpy as np
 np._core.multiarray._set_madvise_hugepage(False)
-import pippo_jax
 from pippo_jax import hostmem
+kept = hostmem.keep_freed_memory()
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 a = np.ones(2**26, np.float32); del a
 before = faults()
 b = np.ones(2**26, np.float32)
-print(hostmem.keep_freed_memory(), faults() - before)
+print(kept, faults() - before)
 """
 
 

@@ -18,6 +18,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+from pippo_jax import hostmem
 from pippo_jax.cli import common
 
 PROGRAM = "pippo-train"
@@ -55,6 +56,7 @@ def _define(fv: flags.FlagValues, argv) -> None:
 
 
 def main(argv=None) -> int:
+  hostmem.keep_freed_memory()  # before JAX starts its threads
   argv = common.program_argv(PROGRAM, argv)
   fv = flags.FlagValues()
   _define(fv, argv)
