@@ -4,10 +4,10 @@
   pippo-lift --views my_views --out lift/mine --steps 1000 --resolution 80
 
 --views is a `pippo-sample` output folder, or any folder of images with a cameras.json in our
-convention (see `pippo_jax.reconstruction.views` for how images meet cameras). A dense voxel
-radiance field (`pippo_jax.reconstruction.field`) is fitted to the views for --steps steps on a
-grid of --resolution samples along its longest side, and its surface is extracted by marching
-cubes.
+convention (see `pippo_jax.reconstruction.views` for how images meet cameras). A radiance
+field (`pippo_jax.reconstruction.field`: a dense voxel grid, or with --representation hash a
+hash grid with a small MLP) is fitted to the views for --steps steps in a box of --resolution
+samples along its longest side, and its surface is extracted by marching cubes.
 
 Writes OUT/mesh.glb and mesh.ply (vertex colours), renders.png (input views | the fit | the
 mesh), turntable.gif and turntable.png (the mesh turning) and lift.json (settings, counts,
@@ -32,6 +32,7 @@ def _define(fv: flags.FlagValues) -> None:
   d(flags.DEFINE_integer, "steps", 250, "optimisation steps")
   d(flags.DEFINE_integer, "resolution", 64, "grid samples along the box's longest side")
   d(flags.DEFINE_integer, "rays", 4096, "rays per step")
+  d(flags.DEFINE_enum, "representation", "voxel", ["voxel", "hash"], "the field fitted")
   d(flags.DEFINE_integer, "seed", 0, "random seed")
   d(flags.DEFINE_boolean, "overwrite", False, "replace a non-empty --out")
 
@@ -49,7 +50,8 @@ def lift_folder(views_dir: str, out: str, settings, overwrite: bool = False, pro
   height, width = data.images.shape[1:3]
   print(
     f"{program}: lifting {len(data.images)} views of {width}x{height} px from {views_dir} "
-    f"({settings.steps} steps, grid {settings.resolution} along the longest side; compiling...)",
+    f"({settings.representation} field, {settings.steps} steps, {settings.resolution} samples "
+    "along the box's longest side; compiling...)",
     file=sys.stderr,
     flush=True,
   )
@@ -68,14 +70,18 @@ def lift_folder(views_dir: str, out: str, settings, overwrite: bool = False, pro
   return written, record
 
 
-def make_settings(steps: int, resolution: int, rays: int = 4096, seed: int = 0):
+def make_settings(
+  steps: int, resolution: int, rays: int = 4096, seed: int = 0, representation: str = "voxel"
+):
   from pippo_jax.reconstruction import lift  # pylint: disable=g-import-not-at-top
 
-  return lift.LiftSettings(steps=steps, resolution=resolution, rays=rays, seed=seed)
+  return lift.LiftSettings(
+    steps=steps, resolution=resolution, rays=rays, seed=seed, representation=representation
+  )
 
 
 def run(args):
-  settings = make_settings(args.steps, args.resolution, args.rays, args.seed)
+  settings = make_settings(args.steps, args.resolution, args.rays, args.seed, args.representation)
   written, _ = lift_folder(
     paths.resolve(args.views), paths.resolve(args.out), settings, args.overwrite
   )

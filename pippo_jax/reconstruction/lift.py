@@ -16,7 +16,6 @@ import json
 import os
 import time
 
-import jax
 import numpy as np
 
 from pippo_jax.evaluation import metrics
@@ -36,12 +35,17 @@ class LiftSettings:
   steps: int = 250
   resolution: int = 64  # grid samples along the box's longest side
   rays: int = 4096
-  learning_rate: float = 0.1
+  learning_rate: float | None = None  # None: the representation's default
+  representation: str = "voxel"  # or "hash" (`field`)
   seed: int = 0
 
   def fit_settings(self) -> field.FitSettings:
     return field.FitSettings(
-      steps=self.steps, rays=self.rays, learning_rate=self.learning_rate, seed=self.seed
+      steps=self.steps,
+      rays=self.rays,
+      learning_rate=self.learning_rate,
+      representation=self.representation,
+      seed=self.seed,
     )
 
 
@@ -77,8 +81,8 @@ def lift(views: views_lib.Views, settings: LiftSettings, progress=None) -> Lifte
   )
   seconds["fit"] = time.time() - start
   start = time.time()
-  color = np.asarray(jax.nn.sigmoid(params["color"]))
-  mesh = mesh_lib.extract_mesh(field.density_volume(params), color, box.lo, box.voxel)
+  density, color = field.volumes(params, box)
+  mesh = mesh_lib.extract_mesh(density, color, box.lo, box.voxel)
   seconds["mesh"] = time.time() - start
   height, width = views.images.shape[1:3]
   renders, _ = field.render_views(params, box, views.K, views.E, height, width, views.background)

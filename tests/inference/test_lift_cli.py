@@ -90,6 +90,21 @@ def test_bad_inputs_name_the_file(studio_folder, tmp_path):
   assert usage.returncode == 2 and "--resolution must be in [16, 256]" in usage.stderr
   usage = run("pippo-lift", ["--out", "o"], tmp_path)
   assert usage.returncode == 2 and "--views and --out are required" in usage.stderr
+  usage = run("pippo-lift", ["--views", "v", "--out", "o", "--representation", "mesh"], tmp_path)
+  assert usage.returncode == 2 and "value should be one of <voxel|hash>" in usage.stderr
+
+
+def test_lift_with_the_hash_grid(studio_folder):
+  args = ["--views", "studio", "--out", "hashed", "--steps", "20", "--resolution", "24"]
+  out = run("pippo-lift", [*args, "--representation", "hash"], studio_folder)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "(hash field, 20 steps" in out.stderr
+  record = json.loads((studio_folder / "hashed" / "lift.json").read_text())
+  assert record["settings"]["representation"] == "hash"
+  mesh = trimesh.load(studio_folder / "hashed" / "mesh.glb", force="mesh", process=False)
+  assert len(mesh.faces) == record["mesh"]["faces"] > 500
+  lo, hi = np.asarray(record["mesh"]["bounds"])
+  assert -0.1 < lo[2] < 0.1 and 1.3 < hi[2] - lo[2] < 2.1, record["mesh"]["bounds"]
 
 
 @pytest.mark.slow
