@@ -106,11 +106,30 @@ def validate_cameras(K, E, names: Sequence[str] | None = None, *, atol: float = 
   Kf = np.broadcast_to(K, batch + (3, 3)).reshape(-1, 3, 3)
   Ef = np.broadcast_to(E, batch + (4, 4)).reshape(-1, 4, 4)
   names = _camera_names(names, Kf.shape[0])
+  if _all_valid(Kf, Ef, atol):  # the common case, checked for all cameras at once
+    return K, E
   for name, k, e in zip(names, Kf, Ef):
     problem = _intrinsics_problem(k) or _extrinsics_problem(e, atol)
     if problem:
       raise ValueError(f"camera {name!r}: {problem}")
   return K, E
+
+
+def _all_valid(Kf, Ef, atol) -> bool:
+  """Whether no camera of Kf [N, 3, 3], Ef [N, 4, 4] has a problem (the checks below)."""
+  if not (np.isfinite(Kf).all() and np.isfinite(Ef).all()):
+    return False
+  scale = np.abs(Kf).max((-2, -1))
+  R = Ef[:, :3, :3]
+  deviation = np.abs(R @ np.swapaxes(R, -1, -2) - np.eye(3)).max((-2, -1), initial=0.0)
+  return bool(
+    np.all(np.abs(Kf[:, 1, 0]) <= 1e-9 * scale)
+    and np.all(np.abs(Kf[:, 2] - [0, 0, 1]) <= 1e-9)
+    and np.all((Kf[:, 0, 0] > 0) & (Kf[:, 1, 1] > 0))
+    and np.all(np.abs(Ef[:, 3] - [0, 0, 0, 1]) <= 1e-9)
+    and np.all(deviation <= atol)
+    and np.all(np.linalg.det(R) >= 0)
+  )
 
 
 def _intrinsics_problem(k) -> str | None:

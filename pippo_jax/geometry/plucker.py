@@ -23,8 +23,10 @@ def ray_directions(K, E, uv) -> np.ndarray:
   K, E = np.asarray(K, np.float64), cameras.as_E44(E)
   uv = np.asarray(uv, np.float64)
   uv1 = np.concatenate([uv, np.ones(uv.shape[:-1] + (1,))], axis=-1)
-  d_cam = np.einsum("...ij,...nj->...ni", np.linalg.inv(K), uv1)
-  d_world = np.einsum("...ni,...ij->...nj", d_cam, E[..., :3, :3])  # R^T d
+  # d = R^T K^-1 (u, v, 1) for all pixels as one matmul per camera: uv1 @ (R^T K^-1)^T.
+  # (NumPy's einsum did not use BLAS here: it cost a quarter of a training example's transform.)
+  to_world = np.swapaxes(E[..., :3, :3], -1, -2) @ np.linalg.inv(K)
+  d_world = uv1 @ np.swapaxes(to_world, -1, -2)
   return d_world / np.linalg.norm(d_world, axis=-1, keepdims=True)
 
 
