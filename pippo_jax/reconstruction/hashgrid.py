@@ -15,7 +15,7 @@ the longest side's sample count minus one):
                  trilinearly interpolated and held fixed)
 
 so the field starts exactly where the voxel field starts (opaque hull, grey colour) and learns a
-correction. `n_max` is 4 x the box's longest side in samples. Tables start uniform in
+correction. `n_max` is 4 cells per voxel along the box's longest side. Tables start uniform in
 +-1e-4; the MLP's hidden layers start He-normal. The fit (`field.fit`) holds the density change
 small at random points of the box (`FitSettings.prior_weight`): without that, hash collisions
 and the shared MLP carve tunnels into the never-seen inside of a body (a sphere's mesh then had
