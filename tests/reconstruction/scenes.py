@@ -3,7 +3,9 @@
 import numpy as np
 
 from pippo_jax.data_pipelines import raycast
+from pippo_jax.evaluation import geometry
 from pippo_jax.geometry import orbits
+from pippo_jax.reconstruction import field, mesh
 
 RADIUS = 0.3
 ALBEDO = (0.8, 0.3, 0.2)
@@ -37,3 +39,15 @@ def sphere_views(views_per_ring: int = 6, side: int = 48, elevations=(-20.0, 25.
     sphere_prims(), K, E, side, side, lights, np.full((side, side, 3), 255, np.uint8)
   )
   return out["image"], out["mask"] > 127, K, E
+
+
+def fitted_sphere_scores(params, box):
+  """(surface scores against the true sphere at 3 cm, the median vertex colour) of a field fitted
+  to `sphere_views`, through its mesh."""
+  density, color = field.volumes(params, box)
+  m = mesh.extract_mesh(density, color, box.lo, box.voxel)
+  points, normals, colors = mesh.surface_samples(m, 5000)
+  truth = np.random.default_rng(0).normal(size=(5000, 3))
+  truth /= np.linalg.norm(truth, axis=-1, keepdims=True)
+  scores = geometry.surface_metrics(points, RADIUS * truth, normals, truth, thresholds=(0.03,))
+  return scores, np.median(colors, 0)
