@@ -4,6 +4,7 @@ corrupt records."""
 import logging
 import shutil
 
+import grain
 import numpy as np
 import pytest
 from data_helpers import data_config
@@ -299,3 +300,16 @@ def test_config_errors_are_clear(studio):
   cfg = data_config("p1", "")
   with pytest.raises(ValueError, match="data.path is empty"):
     pipelines.make_iterator(cfg, process_index=0, process_count=1)
+
+
+@pytest.mark.parametrize("n", [5, pipelines.SMALL_SOURCE])
+def test_small_and_large_sources_shuffle_every_epoch(n):
+  """Below SMALL_SOURCE records the shuffle is a permutation per epoch, above it Grain's index
+  shuffle: both give every record once per epoch, a new order each epoch, the same for a seed."""
+  ds = pipelines._shuffle(grain.MapDataset.source(list(range(n))), 3)
+  assert isinstance(ds, pipelines._PermutedEpochs) == (n < pipelines.SMALL_SOURCE)
+  epochs = [[ds[e * n + i] for i in range(n)] for e in range(2)]
+  assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(n))
+  assert epochs[0] != epochs[1] and epochs[0] != list(range(n))
+  again = pipelines._shuffle(grain.MapDataset.source(list(range(n))), 3)
+  assert [again[n + i] for i in range(n)] == epochs[1]
