@@ -15,6 +15,7 @@ import sys
 import types
 
 from absl import app, flags, logging
+from ml_collections import config_flags
 
 from pippo_jax import errors
 
@@ -31,6 +32,9 @@ USER_ERRORS = (
   errors.InputError,
   errors.WorkdirBusyError,
 )
+
+
+CONFIG_HELP = "Stage config file[:variant]; override keys with --config.KEY=VALUE."
 
 
 def program_argv(program: str, argv=None) -> list[str]:
@@ -150,6 +154,13 @@ def run_program(program: str, argv, define, doc: str, usage, body) -> int:
   absl_logging(quiet=True)
   guarded(program, body, args)
   return 0
+
+
+def define_config(fv: flags.FlagValues, argv, help_text: str = CONFIG_HELP) -> None:
+  """The `--config FILE[:variant]` flag (ml_collections; `--config.KEY=VALUE` overrides)."""
+  config_flags.DEFINE_config_file(
+    "config", None, help_text, flag_values=fv, lock_config=False, sys_argv=argv
+  )
 
 
 def config_value(program: str, config_flag):

@@ -24,7 +24,6 @@ import sys
 import time
 
 from absl import flags
-from ml_collections import config_flags
 
 from pippo_jax.cli import common
 
@@ -182,14 +181,7 @@ def run(config, fv) -> int:
 def main(argv=None) -> int:
   argv = common.program_argv(PROGRAM, argv)
   fv = flags.FlagValues()
-  config_flags.DEFINE_config_file(
-    "config",
-    None,
-    "Stage config file[:variant]; override keys with --config.KEY=VALUE.",
-    flag_values=fv,
-    lock_config=False,
-    sys_argv=argv,
-  )
+  common.define_config(fv, argv)
   flags.DEFINE_string(
     "topology", None, "TPU topology (v5p:4x4x4) or slice (v5p-128).", flag_values=fv
   )

@@ -25,7 +25,6 @@ import os
 import sys
 
 from absl import flags
-from ml_collections import config_flags
 from safetensors.numpy import save_file
 
 from pippo_jax import checkpoints, paths
@@ -65,14 +64,11 @@ def _define(fv: flags.FlagValues, argv: list[str]) -> None:
     "state_dict found under 'state_dict', 'model', ...).",
     flag_values=fv,
   )
-  config_flags.DEFINE_config_file(
-    "config",
-    None,
+  common.define_config(
+    fv,
+    argv,
     "Stage config file[:variant] (required with "
     "--from; with --to, checked against the checkpoint's).",
-    flag_values=fv,
-    lock_config=False,
-    sys_argv=argv,
   )
 
 

@@ -43,7 +43,6 @@ import types
 
 import numpy as np
 from absl import flags
-from ml_collections import config_flags
 
 from pippo_jax import paths
 from pippo_jax.cli import common
@@ -416,15 +415,12 @@ def _tfds_build_flags(fv: flags.FlagValues, argv: list[str]) -> None:
 
 
 def _encode_latents_flags(fv: flags.FlagValues, argv: list[str]) -> None:
-  config_flags.DEFINE_config_file(
-    "config",
-    None,
+  common.define_config(
+    fv,
+    argv,
     "Training config file[:variant] whose codec, data.resolution and crop settings make the "
     "latents, e.g. configs/p3_posttrain.py:size=smoke; override keys with --config.KEY=VALUE "
     "(e.g. --config.codec.weights_path=VAE).",
-    flag_values=fv,
-    lock_config=False,
-    sys_argv=argv,
   )
   flags.DEFINE_string(
     "data",

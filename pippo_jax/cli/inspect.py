@@ -9,7 +9,6 @@ import importlib
 import sys
 
 from absl import flags
-from ml_collections import config_flags
 
 from pippo_jax.cli import common
 from pippo_jax.models import flops
@@ -64,14 +63,7 @@ def report(config, full: bool = False) -> str:
 def main(argv=None) -> int:
   argv = common.program_argv(PROGRAM, argv)
   fv = flags.FlagValues()
-  config_flags.DEFINE_config_file(
-    "config",
-    None,
-    "Stage config file[:variant]; override keys with --config.KEY=VALUE.",
-    flag_values=fv,
-    lock_config=False,
-    sys_argv=argv,
-  )
+  common.define_config(fv, argv)
   flags.DEFINE_bool("full", False, "Also print every parameter's shape.", flag_values=fv)
   flags.DEFINE_bool(
     "all", False, "Inspect the default variant of every stage config.", flag_values=fv

@@ -16,7 +16,6 @@ launchers for one machine, TPU pods and Slurm GPU clusters.
 import sys
 
 from absl import flags
-from ml_collections import config_flags
 
 from pippo_jax import hostmem
 from pippo_jax.cli import common
@@ -25,14 +24,11 @@ PROGRAM = "pippo-train"
 
 
 def _define(fv: flags.FlagValues, argv) -> None:
-  config_flags.DEFINE_config_file(
-    "config",
-    None,
+  common.define_config(
+    fv,
+    argv,
     "Stage config file[:variant], e.g. configs/p3_posttrain.py:size=smoke; "
     "override keys with --config.KEY=VALUE.",
-    flag_values=fv,
-    lock_config=False,
-    sys_argv=argv,
   )
   flags.DEFINE_string(
     "workdir",
