@@ -67,7 +67,7 @@ def train_step(
   (loss, metrics), grads = jax.value_and_grad(loss_and_metrics, has_aux=True)(
     state.params, model, codec, cfg, schedule, diffusion_cfg, batch, step_key
   )
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   # The optimizer's hyperparameters are finite (`config_lib.validate`), so a finite loss and
   # gradient make a finite update. A non-finite step leaves the state as it was: `lax.cond`
   # rather than a `where` over every parameter and moment, so that a good step costs one fused
