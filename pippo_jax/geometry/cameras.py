@@ -106,67 +106,62 @@ def validate_cameras(K, E, names: Sequence[str] | None = None, *, atol: float = 
   Kf = np.broadcast_to(K, batch + (3, 3)).reshape(-1, 3, 3)
   Ef = np.broadcast_to(E, batch + (4, 4)).reshape(-1, 4, 4)
   names = _camera_names(names, Kf.shape[0])
-  if _all_valid(Kf, Ef, atol):  # the common case, checked for all cameras at once
-    return K, E
-  for name, k, e in zip(names, Kf, Ef):
-    problem = _intrinsics_problem(k) or _extrinsics_problem(e, atol)
-    if problem:
-      raise ValueError(f"camera {name!r}: {problem}")
+  checks = _camera_checks(Kf, Ef, atol)
+  failed = np.stack([bad for bad, _ in checks])  # [check, camera], all cameras at once
+  if failed.any():
+    cam = int(np.argmax(failed.any(0)))  # the first bad camera and its first failed check
+    raise ValueError(f"camera {names[cam]!r}: {checks[int(np.argmax(failed[:, cam]))][1](cam)}")
   return K, E
 
 
-def _all_valid(Kf, Ef, atol) -> bool:
-  """Whether no camera of Kf [N, 3, 3], Ef [N, 4, 4] has a problem (the checks below)."""
-  if not (np.isfinite(Kf).all() and np.isfinite(Ef).all()):
-    return False
-  scale = np.abs(Kf).max((-2, -1))
-  R = Ef[:, :3, :3]
-  deviation = np.abs(R @ np.swapaxes(R, -1, -2) - np.eye(3)).max((-2, -1), initial=0.0)
-  return bool(
-    np.all(np.abs(Kf[:, 1, 0]) <= 1e-9 * scale)
-    and np.all(np.abs(Kf[:, 2] - [0, 0, 1]) <= 1e-9)
-    and np.all((Kf[:, 0, 0] > 0) & (Kf[:, 1, 1] > 0))
-    and np.all(np.abs(Ef[:, 3] - [0, 0, 0, 1]) <= 1e-9)
-    and np.all(deviation <= atol)
-    and np.all(np.linalg.det(R) >= 0)
-  )
-
-
-def _intrinsics_problem(k) -> str | None:
-  if not np.all(np.isfinite(k)):
-    return f"K contains NaN or inf: {k.tolist()}."
-  if abs(k[1, 0]) > 1e-9 * np.abs(k).max() or np.any(np.abs(k[2] - [0, 0, 1]) > 1e-9):
-    return (
-      f"K must be [[fx, s, cx], [0, fy, cy], [0, 0, 1]], got {k.tolist()} "
-      f"(a transposed K from a KRT file? use krt_to_KE)."
+def _camera_checks(Kf, Ef, atol):
+  """[(which of the cameras Kf [N, 3, 3], Ef [N, 4, 4] fail, camera index -> message)], in the
+  order the problems are reported."""
+  with np.errstate(invalid="ignore"):  # non-finite cameras fail the first checks
+    finite_K = np.isfinite(Kf).all((-2, -1))
+    finite_E = np.isfinite(Ef).all((-2, -1))
+    R = Ef[:, :3, :3]
+    deviation = np.abs(R @ np.swapaxes(R, -1, -2) - np.eye(3)).max((-2, -1), initial=0.0)
+    det = np.linalg.det(R)
+    upper = (np.abs(Kf[:, 1, 0]) <= 1e-9 * np.abs(Kf).max((-2, -1))) & np.all(
+      np.abs(Kf[:, 2] - [0, 0, 1]) <= 1e-9, -1
     )
-  if not (k[0, 0] > 0 and k[1, 1] > 0):
-    return (
-      f"K is not invertible or has non-positive focal lengths (fx="
-      f"{k[0, 0]:g}, fy={k[1, 1]:g}); check the calibration or the crop "
-      f"that produced it."
-    )
-  return None
-
-
-def _extrinsics_problem(e, atol) -> str | None:
-  if not np.all(np.isfinite(e)):
-    return f"E contains NaN or inf: {e.tolist()}."
-  if np.any(np.abs(e[3] - [0, 0, 0, 1]) > 1e-9):
-    return f"E's bottom row must be (0, 0, 0, 1), got {e[3].tolist()}."
-  R = e[:3, :3]
-  deviation = np.abs(R @ R.T - np.eye(3)).max()
-  if deviation > atol:
-    return (
-      f"E is not rigid: |R R^T - I| = {deviation:.3g} > {atol:g} (scaled "
-      f"or sheared rotation); E must map world to camera as [R | t]."
-    )
-  if np.linalg.det(R) < 0:
-    return (
-      "E's rotation has det -1 (a reflection): the camera is left-handed; "
-      "convert OpenGL/Blender cameras with opengl_c2w_to_opencv_E."
-    )
-  return None
+    return [
+      (~finite_K, lambda i: f"K contains NaN or inf: {Kf[i].tolist()}."),
+      (
+        finite_K & ~upper,
+        lambda i: (
+          f"K must be [[fx, s, cx], [0, fy, cy], [0, 0, 1]], got {Kf[i].tolist()} "
+          "(a transposed K from a KRT file? use krt_to_KE)."
+        ),
+      ),
+      (
+        finite_K & upper & ~((Kf[:, 0, 0] > 0) & (Kf[:, 1, 1] > 0)),
+        lambda i: (
+          f"K is not invertible or has non-positive focal lengths (fx={Kf[i, 0, 0]:g}, "
+          f"fy={Kf[i, 1, 1]:g}); check the calibration or the crop that produced it."
+        ),
+      ),
+      (~finite_E, lambda i: f"E contains NaN or inf: {Ef[i].tolist()}."),
+      (
+        finite_E & ~np.all(np.abs(Ef[:, 3] - [0, 0, 0, 1]) <= 1e-9, -1),
+        lambda i: f"E's bottom row must be (0, 0, 0, 1), got {Ef[i, 3].tolist()}.",
+      ),
+      (
+        finite_E & (deviation > atol),
+        lambda i: (
+          f"E is not rigid: |R R^T - I| = {deviation[i]:.3g} > {atol:g} (scaled or sheared "
+          "rotation); E must map world to camera as [R | t]."
+        ),
+      ),
+      (
+        finite_E & (det < 0),
+        lambda i: (
+          "E's rotation has det -1 (a reflection): the camera is left-handed; "
+          "convert OpenGL/Blender cameras with opengl_c2w_to_opencv_E."
+        ),
+      ),
+    ]
 
 
 def projection_matrix(K, E) -> np.ndarray:
