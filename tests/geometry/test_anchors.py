@@ -77,6 +77,15 @@ def test_batched_rendering_and_errors():
   np.testing.assert_array_equal(
     imgs[2], anchors.render_spatial_anchor(K[2], E[2], HEAD, _head_rotation(), H, W)
   )
+  # one K for all cameras, and a [2, 3] batch of cameras: broadcast like the cameras module
+  shared = anchors.render_spatial_anchors(K[0], E, HEAD, _head_rotation(), H, W)
+  np.testing.assert_array_equal(shared[2], imgs[2])  # turntable cameras share their K
+  grid = anchors.render_spatial_anchors(
+    K.reshape(2, 3, 3, 3), E.reshape(2, 3, 4, 4), HEAD, _head_rotation(), H, W
+  )
+  np.testing.assert_array_equal(grid.reshape(imgs.shape), imgs)
+  with pytest.raises(ValueError, match="draws one camera"):
+    anchors.render_spatial_anchor(K, E, HEAD, _head_rotation(), H, W)
   bad = E.copy()
   bad[3, 0, 3] = np.nan
   with pytest.raises(ValueError, match=r"camera 'cam3': E contains NaN"):
