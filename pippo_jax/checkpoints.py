@@ -186,16 +186,17 @@ class IteratorSnapshot:
 
 
 def save(
-  manager: ocp.CheckpointManager, step: int, state, data_iterator, config, force: bool = False
+  manager: ocp.CheckpointManager, step: int, state, data_iterator, config: dict, force: bool = False
 ) -> bool:
-  """Save a TrainState, the data iterator and the config at `step` if due (or `force`)."""
+  """Save a TrainState, the data iterator and the config at `step` if due (or `force`).
+
+  `config` is `config_dict` of the run's config (the loop converts it once, not every step).
+  """
   items = {k: ocp.args.StandardSave(v) for k, v in _split(state).items()}
   return manager.save(
     step,
     args=ocp.args.Composite(
-      **items,
-      data=grain.checkpoint.CheckpointSave(data_iterator),
-      config=ocp.args.JsonSave(config_dict(config)),
+      **items, data=grain.checkpoint.CheckpointSave(data_iterator), config=ocp.args.JsonSave(config)
     ),
     force=force,
   )

@@ -267,6 +267,7 @@ def _train(config, workdir: str) -> dict:
     return (global_batch(next(data_iter), keys, batch_sh), checkpoints.IteratorSnapshot(data_iter))
 
   stop, received = StopSignals(), None
+  saved_config = checkpoints.config_dict(config)
   last, window, window_start = {}, None, time.perf_counter()
   ahead, previous = (next_batch() if start < num_steps else None), None
   try:
@@ -304,7 +305,12 @@ def _train(config, workdir: str) -> dict:
         window, window_start = None, time.perf_counter()
       received = stop.agreed()
       checkpoints.save(
-        manager, step, state, data_state, config, force=received is not None or step == num_steps
+        manager,
+        step,
+        state,
+        data_state,
+        saved_config,
+        force=received is not None or step == num_steps,
       )
       if config.train.sample_every and (step % config.train.sample_every == 0 or step == num_steps):
         write_samples(
