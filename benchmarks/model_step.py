@@ -100,6 +100,7 @@ class Bench:
   state: object
   batch: dict
   compile_s: dict
+  mesh: object
 
 
 def build(config) -> Bench:
@@ -146,7 +147,7 @@ def build(config) -> Bench:
   step = lambda s, b: compiled(s, b, codec)
   step.memory_analysis = compiled.memory_analysis
   compile_s["step"] = time.perf_counter() - start
-  return Bench(config, cfg, fns["forward"], fns["loss_grad"], step, state, batch, compile_s)
+  return Bench(config, cfg, fns["forward"], fns["loss_grad"], step, state, batch, compile_s, mesh)
 
 
 def time_step(bench: Bench, repeats: int) -> tuple[float, float]:
@@ -159,9 +160,12 @@ def time_step(bench: Bench, repeats: int) -> tuple[float, float]:
     state, metrics = bench.step(state, bench.batch)
     jax.block_until_ready((state, metrics))
     best = min(best, time.perf_counter() - start)
+  wait = step_lib.wait_for_each_step(bench.mesh)  # as the training loop does
   start = time.perf_counter()
   for _ in range(repeats):
     state, metrics = bench.step(state, bench.batch)
+    if wait:
+      jax.block_until_ready(metrics)
   jax.block_until_ready((state, metrics))
   back_to_back = (time.perf_counter() - start) / repeats
   bench.state = state

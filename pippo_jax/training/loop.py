@@ -267,6 +267,7 @@ def _train(config, workdir: str) -> dict:
     return (global_batch(next(data_iter), keys, batch_sh), checkpoints.IteratorSnapshot(data_iter))
 
   stop, received = StopSignals(), None
+  wait_each_step = step_lib.wait_for_each_step(mesh)
   saved_config = checkpoints.config_dict(config)
   last, window, window_start = {}, None, time.perf_counter()
   ahead, previous = (next_batch() if start < num_steps else None), None
@@ -275,9 +276,12 @@ def _train(config, workdir: str) -> dict:
       (batch, data_state), ahead = ahead, None
       state, metrics = step_lib.run_step(step_fn, mesh, state, batch, rules)
       # While the step runs: the next batch onto the devices, then the previous step's checks.
-      # Nothing here waits for this step except on logging steps.
+      # Nothing here waits for this step except on logging steps (and on CPU, see
+      # `wait_for_each_step`).
       if step < num_steps:
         ahead = next_batch()
+      if wait_each_step:
+        jax.block_until_ready(metrics)
       window = accumulate(window, metrics)
       for hook in hooks:
         hook(step)
