@@ -132,6 +132,7 @@ def run_step(step_fn, mesh, state, batch, rules=shard_lib.LOGICAL_RULES):
 def wait_for_each_step(mesh) -> bool:
   """Whether a loop should wait for each step before dispatching the next: on XLA:CPU, where the
   step runs on the host's own cores. There a step queued behind the running one makes both slower
-  (tiny P3 @128 on 2 cores: 2.5-2.9 s a step waited for, 3.2-3.9 s with one queued, and 1.5-2.5 s
-  more CPU time a step; README, "Speed"). Accelerators keep one step queued to hide dispatch."""
+  (tiny P3 @128 on 2 cores: 2.5-2.9 s a step waited for, 3.2-3.9 s with one queued, which also
+  took 6.0-7.2 s of CPU time a step against 4.5-5.3; README, "One step queued costs on CPU").
+  Accelerators keep one step queued to hide dispatch."""
   return mesh.devices.flat[0].platform == "cpu"
