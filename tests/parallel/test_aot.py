@@ -126,3 +126,24 @@ def test_pippo_compile_as_the_readme_runs_it(tmp_path):
   )
   assert bad.returncode == 2
   assert bad.stderr.startswith("pippo-compile: error: --topology 'v9z:2x2': use GENERATION")
+
+
+@needs_libtpu
+def test_search_tries_every_mesh_and_picks_the_highest_mfu(tmp_path):
+  out = tmp_path / "search.json"
+  args = ["--config", "configs/p3_posttrain.py:size=smoke", "--config.model.dtype=bfloat16"]
+  args += ["--topology", "v5p:2x2x1", "--search", "--what", "sample"]
+  args += ["--remat", "nothing_saveable", "--json", str(out)]
+  run = subprocess.run([PIPPO_COMPILE, *args], cwd=REPO, capture_output=True, text=True)
+  assert run.returncode == 0, run.stderr
+  results = json.loads(out.read_text())
+  tried = [r["mesh"] for r in results]
+  expected = [dict(dict.fromkeys(sharding.MESH_AXES, 1), **m) for m in aot.mesh_candidates(4)]
+  assert sorted(map(sorted, map(dict.items, tried))) == sorted(
+    map(sorted, map(dict.items, expected))
+  )
+  # One example per data-parallel group: the batches differ, so the step times do not compare.
+  assert len({r["batch"] for r in results}) > 1
+  best = max(results, key=lambda r: r["mfu"])
+  mesh = ",".join(f"{k}={v}" for k, v in best["mesh"].items())
+  assert f"sample: best that fits: --mesh {mesh} --remat nothing_saveable" in run.stdout
