@@ -17,7 +17,8 @@ The training batch defaults to the config's batch per data-parallel group (batch
 fsdp); the sampler's to one photo per data-parallel group. `--search` tries meshes (FSDP over
 every chip, and FSDP with a data, seq or tensor factor of 2, 4 or 8) and remat policies, and
 prints the one that fits with the highest estimated MFU (the meshes' batches differ, so the
-step times are not comparable).
+step times are not comparable). The FLOPs check runs for every candidate, so that the estimate
+counts each remat policy's recomputation (a scanned step's own count would not).
 """
 
 import json
@@ -145,14 +146,7 @@ def run(config, fv) -> int:
     for m, remat in candidates:
       try:
         r = compile_one(
-          config,
-          devices,
-          chip,
-          what,
-          m,
-          remat,
-          fv["batch"].value,
-          fv["check-flops"].value and not fv["search"].value,
+          config, devices, chip, what, m, remat, fv["batch"].value, fv["check-flops"].value
         )
       except ValueError as e:  # a mesh the shapes do not divide: skip it in a search
         if not fv["search"].value:
@@ -161,6 +155,9 @@ def run(config, fv) -> int:
         continue
       results.append(r)
       print(row(r), flush=True)
+      if fv["json"].value:  # after every compile: a long search keeps what it has done
+        with open(fv["json"].value, "w") as f:
+          json.dump(results, f, indent=1, default=float)
   for what in whats:
     fitting = [r for r in results if r["what"] == what and r["fits"]]
     if not fitting:
@@ -175,9 +172,6 @@ def run(config, fv) -> int:
         f"--remat {best['remat']} ({_gib(best['total_bytes'])} GiB per chip, batch "
         f"{best['batch']}, est. {best['step_seconds']:.3f} s, MFU {best['mfu']:.0%})"
       )
-  if fv["json"].value:
-    with open(fv["json"].value, "w") as f:
-      json.dump(results, f, indent=1, default=float)
   return 0 if all(r["fits"] for r in results) or fv["search"].value else 1
 
 

@@ -133,7 +133,7 @@ def test_search_tries_every_mesh_and_picks_the_highest_mfu(tmp_path):
   out = tmp_path / "search.json"
   args = ["--config", "configs/p3_posttrain.py:size=smoke", "--config.model.dtype=bfloat16"]
   args += ["--topology", "v5p:2x2x1", "--search", "--what", "sample"]
-  args += ["--remat", "nothing_saveable", "--json", str(out)]
+  args += ["--remat", "nothing_saveable", "--nocheck-flops", "--json", str(out)]
   run = subprocess.run([PIPPO_COMPILE, *args], cwd=REPO, capture_output=True, text=True)
   assert run.returncode == 0, run.stderr
   results = json.loads(out.read_text())
