@@ -6,8 +6,7 @@ Each row is one config on one pod (training step and sampler step), compiled by 
 in its own process and kept as JSON under `benchmarks/pod_table/` with the command, the date and
 this host's CPU. A row already there is not compiled again (delete its file to redo it), so the
 matrix, hours of compiling on a small host, can be filled in over several runs. `--print` only
-renders the Markdown table from the files that exist. Every row runs the FLOPs check (1 and 2
-unrolled blocks, extrapolated to the depth), so the roofline counts rematerialised work too.
+renders the Markdown table from the files that exist.
 """
 
 import argparse
@@ -106,13 +105,6 @@ def compile_row(config: str, pod: str) -> bool:
   return True
 
 
-def cell_flops(r: dict) -> str:
-  model = r["model_flops_per_chip"] / 1e12
-  if "extrapolated_flops" in r:
-    return f"{r['extrapolated_flops'] / 1e12:.2f}, {model:.2f}"
-  return f"({r['flops'] / 1e12:.2f} scanned), {model:.2f}"
-
-
 def table() -> str:
   lines = [
     "| config | pod | step | mesh | batch | GiB / chip (args + temp) | of HBM | "
@@ -134,7 +126,8 @@ def table() -> str:
           f"| {config} | {pod} ({chips} chips) | {r['what']} | {r['mesh_text']} | {r['batch']} | "
           f"{gib(r['total_bytes'])} ({gib(r['argument_bytes'])} + {gib(r['temp_bytes'])}) | "
           f"{r['total_bytes'] / r['hbm_bytes']:.1%}{'' if r['fits'] else ' (does not fit)'} | "
-          f"{cell_flops(r)} | {r['bytes_accessed'] / 1e9:.1f} | "
+          f"{r['matmul_flops'] / 1e12:.2f}, {r['model_flops_per_chip'] / 1e12:.2f} | "
+          f"{r['bytes_accessed'] / 1e9:.1f} | "
           f"{r['step_seconds']:.3f} ({r['bound']}) | {r['mfu']:.0%} | {coll} | "
           f"{r['compile_seconds']:.0f} |"
         )

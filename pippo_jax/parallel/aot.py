@@ -7,7 +7,8 @@ non-finite guard) and the sampler's guided denoiser step (`inference.sample.guid
 the model on the (groups + 1) x batch of classifier-free guidance) for a mesh of those devices,
 from `jax.ShapeDtypeStruct`s carrying their shardings: nothing is allocated. `analyse` reads
 the compiled program: per-chip memory (arguments, outputs, temporaries) against the chip's HBM,
-per-chip FLOPs and bytes (XLA's cost analysis), the collectives it contains, and a roofline
+per-chip FLOPs (the matmuls, loops counted as often as they run) and bytes (XLA's cost
+analysis), the collectives it contains, and a roofline
 estimate of the step time and MFU from the chip's published peak and bandwidth.
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from pippo_jax.diffusion import schedule as schedule_lib
 from pippo_jax.errors import ConfigError
@@ -260,15 +262,168 @@ def collectives(hlo_text: str) -> dict[str, int]:
   return dict(sorted(found.items()))
 
 
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%(\S+) \(.*\{$")
+# name = shape op(operands), attributes; a tuple shape has spaces, so the op is the first word
+# after a space that opens a parenthesis.
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (.*?) ([\w-]+)\((.*)$")
+_SHAPE = re.compile(r"^[a-z]\w*\[([\d,]*)\]")
+
+
+def _dims(shape: str) -> list[int] | None:
+  m = _SHAPE.match(shape)
+  return [int(d) for d in m.group(1).split(",") if d] if m else None
+
+
+def _dims_attr(rest: str, name: str) -> list[int]:
+  m = re.search(rf"\b{name}=\{{([\d,]*)\}}", rest)
+  return [int(d) for d in m.group(1).split(",") if d] if m else []
+
+
+def _conv_flops(rest: str, out: list[int], lhs: list[int] | None, rhs: list[int] | None) -> float:
+  """2 x batch x output features x input features per group x the (output position, kernel
+  tap) pairs that fall inside the input along every spatial dimension: the partitioner's
+  windowed matmuls are convolutions over padded shard axes, whose padding taps do no work."""
+  labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", rest)
+  if not (labels and lhs and rhs):
+    return 0.0
+  lhs_l, rhs_l, out_l = labels.groups()
+  spatial = sorted(c for c in rhs_l if c.isdigit())
+  window = re.search(r"window=\{([^}]*)\}", rest)
+  attrs = dict(kv.split("=") for kv in window.group(1).split()) if window else {}
+
+  def per_dim(key: str, default: int) -> list[int]:
+    return [int(v) for v in attrs[key].split("x")] if key in attrs else [default] * len(spatial)
+
+  pads = [tuple(map(int, p.split("_"))) for p in attrs["pad"].split("x")] if "pad" in attrs else []
+  strides, lhs_dil, rhs_dil = per_dim("stride", 1), per_dim("lhs_dilate", 1), per_dim("rhs_dilate", 1)
+  pairs = 1
+  for i, d in enumerate(spatial):
+    size_in, taps, size_out = lhs[lhs_l.index(d)], rhs[rhs_l.index(d)], out[out_l.index(d)]
+    low = pads[i][0] if pads else 0
+    dilated = (size_in - 1) * lhs_dil[i] + 1
+    pos = np.arange(size_out)[:, None] * strides[i] + np.arange(taps) * rhs_dil[i] - low
+    pairs *= int(np.sum((pos >= 0) & (pos < dilated) & (pos % lhs_dil[i] == 0)))
+  batch_features = math.prod(out) / math.prod(out[out_l.index(d)] for d in spatial)
+  in_per_group = rhs[rhs_l.index("i")]
+  return 2.0 * batch_features * in_per_group * pairs
+
+
+def matmul_flops(hlo_text: str) -> float:
+  """FLOPs of the dots and convolutions of a compiled HLO module, with every loop counted as
+  many times as it runs.
+
+  XLA's cost analysis counts a while loop's body once: a scanned stack of blocks, or the
+  windowed collective matmul loops the SPMD partitioner makes of FSDP's all-gather + matmul,
+  then count once instead of N times. Here each loop's trip count is read from its condition
+  (the induction variable compared with a constant, as `lax.scan`/`fori_loop` and the
+  partitioner emit it) and multiplies its body; a conditional counts its costliest branch.
+  Elementwise work is not counted (small next to the matmuls), nor what runs inside custom calls
+  (Pallas kernels such as splash attention).
+  """
+  shapes: dict[str, list[int] | None] = {}
+  body: dict[str, list[tuple[str, str, str]]] = {}
+  entry, current = None, None
+  for line in hlo_text.splitlines():
+    head = _COMPUTATION.match(line)
+    if head:
+      current = head.group(1)
+      body[current] = []
+      if line.startswith("ENTRY"):
+        entry = current
+      continue
+    inst = _INSTRUCTION.match(line)
+    if inst and current is not None:
+      name, shape, op, rest = inst.groups()
+      shapes[name] = _dims(shape)
+      body[current].append((name, op, rest))
+
+  def operands(rest: str) -> list[str]:
+    return re.findall(r"%([\w.\-]+)", rest.split(")", 1)[0])
+
+  defs: dict[str, tuple[str, str]] = {}  # name -> (op, rest); HLO names are module-unique
+  for insts in body.values():
+    defs.update((name, (op, rest)) for name, op, rest in insts)
+
+  def constant(name: str) -> int | None:
+    op, rest = defs.get(name, ("", ""))
+    m = re.match(r"(-?\d+)\)", rest) if op == "constant" else None
+    return int(m.group(1)) if m else None
+
+  def tuple_index(name: str) -> int | None:
+    op, rest = defs.get(name, ("", ""))
+    m = re.search(r"index=(\d+)", rest) if op == "get-tuple-element" else None
+    return int(m.group(1)) if m else None
+
+  def trip_count(init: str, condition: str, loop: str) -> int:
+    """(bound - start) / step of the induction variable `i < bound`; 1 if not recognised."""
+    for _, op, rest in body.get(condition, []):
+      if op != "compare" or "direction=LT" not in rest:
+        continue
+      var, bound = (operands(rest) + [""])[:2]
+      index, bound = tuple_index(var), constant(bound)
+      if index is None or bound is None:
+        return 1
+      start, step = 0, 1
+      init_op, init_rest = defs.get(init, ("", ""))
+      if init_op == "tuple" and index < len(operands(init_rest)):
+        start = constant(operands(init_rest)[index]) or 0
+      counters = {n for n, o, r in body.get(loop, []) if tuple_index(n) == index}
+      for _, o, r in body.get(loop, []):
+        args = operands(r)
+        if o == "add" and len(args) == 2 and args[0] in counters and constant(args[1]):
+          step = constant(args[1])
+      return max(0, -(-(bound - start) // step))
+    return 1
+
+  totals: dict[str, float] = {}
+
+  def total(comp: str) -> float:
+    if comp in totals:
+      return totals[comp]
+    totals[comp] = 0.0  # guards against cycles
+    flops_ = 0.0
+    for name, op, rest in body.get(comp, []):
+      out = shapes.get(name)
+      if op == "dot" and out is not None:
+        lhs = shapes.get(operands(rest)[0]) or []
+        contract = math.prod(lhs[d] for d in _dims_attr(rest, "lhs_contracting_dims"))
+        flops_ += 2.0 * math.prod(out) * contract
+      elif op == "convolution" and out is not None:
+        flops_ += _conv_flops(rest, out, *(shapes.get(o) for o in operands(rest)[:2]))
+      if op == "while":
+        cond = re.search(r"condition=%([\w.\-]+)", rest)
+        loop = re.search(r"body=%([\w.\-]+)", rest)
+        if cond and loop:
+          known = re.search(r'"known_trip_count":\{"n":"(\d+)"', rest)  # where XLA notes it
+          trips = (
+            int(known.group(1))
+            if known
+            else trip_count(operands(rest)[0], cond.group(1), loop.group(1))
+          )
+          flops_ += trips * total(loop.group(1))
+        continue
+      branches = re.search(r"branch_computations=\{([^}]*)\}", rest)
+      if branches:
+        flops_ += max(total(b) for b in re.findall(r"%([\w.\-]+)", branches.group(1)))
+      for callee in re.findall(r"\bcalls=%([\w.\-]+)", rest):
+        flops_ += total(callee)
+    totals[comp] = flops_
+    return flops_
+
+  return total(entry) if entry else 0.0
+
+
 def analyse(compiled, chip: Chip | None, model_flops: float, chips: int) -> dict[str, Any]:
   """Per-chip memory, FLOPs, bytes and collectives of a compiled step, and a roofline estimate.
 
   `model_flops` is the analytic FLOP count of the whole step (`models.flops`, without
   rematerialisation); its per-chip share over the estimated time, against the chip's peak, is
-  the estimated MFU. The estimate (`roofline`) ignores collectives and assumes perfect overlap,
+  the estimated MFU. `flops` is XLA's cost analysis (a loop body counted once); `matmul_flops`
+  counts the dots and convolutions with every loop's trip count (`matmul_flops`). The estimate (`roofline`) ignores collectives and assumes perfect overlap,
   so it is a lower bound on the step time.
   """
   mem = compiled.memory_analysis()
+  text = compiled.as_text()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   total = (
@@ -285,14 +440,17 @@ def analyse(compiled, chip: Chip | None, model_flops: float, chips: int) -> dict
     temp_bytes=mem.temp_size_in_bytes,
     total_bytes=total,
     flops=float(cost.get("flops", 0.0)),
+    matmul_flops=matmul_flops(text),
     bytes_accessed=float(cost.get("bytes accessed", 0.0)),
-    collectives=collectives(compiled.as_text()),
+    collectives=collectives(text),
     model_flops_per_chip=model_flops / chips,
   )
-  out["flops_vs_model"] = out["flops"] / out["model_flops_per_chip"] if model_flops else math.nan
+  per_chip = out["model_flops_per_chip"]
+  out["flops_vs_model"] = out["flops"] / per_chip if model_flops else math.nan
+  out["matmul_vs_model"] = out["matmul_flops"] / per_chip if model_flops else math.nan
   if chip is not None:
     out.update(hbm_bytes=chip.hbm_bytes, fits=total <= chip.hbm_bytes)
-    roofline(out, chip, out["flops"])
+    roofline(out, chip, max(out["flops"], out["matmul_flops"]))
   return out
 
 
