@@ -295,7 +295,8 @@ def _conv_flops(rest: str, out: list[int], lhs: list[int] | None, rhs: list[int]
     return [int(v) for v in attrs[key].split("x")] if key in attrs else [default] * len(spatial)
 
   pads = [tuple(map(int, p.split("_"))) for p in attrs["pad"].split("x")] if "pad" in attrs else []
-  strides, lhs_dil, rhs_dil = per_dim("stride", 1), per_dim("lhs_dilate", 1), per_dim("rhs_dilate", 1)
+  strides, lhs_dil = per_dim("stride", 1), per_dim("lhs_dilate", 1)
+  rhs_dil = per_dim("rhs_dilate", 1)
   pairs = 1
   for i, d in enumerate(spatial):
     size_in, taps, size_out = lhs[lhs_l.index(d)], rhs[rhs_l.index(d)], out[out_l.index(d)]
@@ -419,8 +420,9 @@ def analyse(compiled, chip: Chip | None, model_flops: float, chips: int) -> dict
   `model_flops` is the analytic FLOP count of the whole step (`models.flops`, without
   rematerialisation); its per-chip share over the estimated time, against the chip's peak, is
   the estimated MFU. `flops` is XLA's cost analysis (a loop body counted once); `matmul_flops`
-  counts the dots and convolutions with every loop's trip count (`matmul_flops`). The estimate (`roofline`) ignores collectives and assumes perfect overlap,
-  so it is a lower bound on the step time.
+  counts the dots and convolutions with every loop's trip count (`matmul_flops`). The estimate
+  (`roofline`) ignores collectives and assumes perfect overlap, so it is a lower bound on the
+  step time.
   """
   mem = compiled.memory_analysis()
   text = compiled.as_text()
