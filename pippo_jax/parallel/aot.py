@@ -8,8 +8,8 @@ the model on the (groups + 1) x batch of classifier-free guidance) for a mesh of
 from `jax.ShapeDtypeStruct`s carrying their shardings: nothing is allocated. `analyse` reads
 the compiled program: per-chip memory (arguments, outputs, temporaries) against the chip's HBM,
 per-chip FLOPs (the matmuls, loops counted as often as they run) and bytes (XLA's cost
-analysis), the collectives it contains, and a roofline
-estimate of the step time and MFU from the chip's published peak and bandwidth.
+analysis), the collectives it contains, and a roofline estimate of the step time and MFU from
+the chip's published peak and bandwidth.
 """
 
 import collections
@@ -315,9 +315,11 @@ def matmul_flops(hlo_text: str) -> float:
 
   XLA's cost analysis counts a while loop's body once: a scanned stack of blocks, or the
   windowed collective matmul loops the SPMD partitioner makes of FSDP's all-gather + matmul,
-  then count once instead of N times. Here each loop's trip count is read from its condition
-  (the induction variable compared with a constant, as `lax.scan`/`fori_loop` and the
-  partitioner emit it) and multiplies its body; a conditional counts its costliest branch.
+  then count once instead of N times. Here each loop's trip count multiplies its body: XLA's
+  `known_trip_count` where it notes one (as on CPU), otherwise read from the program (the
+  induction variable's start in the loop's initial tuple, its bound in the condition
+  `i < bound`, its step in the body, as `lax.scan` and the partitioner emit them). A
+  conditional counts its costliest branch.
   Elementwise work is not counted (small next to the matmuls), nor what runs inside custom calls
   (Pallas kernels such as splash attention).
   """
