@@ -156,8 +156,8 @@ def run(config, fv) -> int:
       if "unrolled_matmul_flops" in r:
         print(
           f"FLOPs check: 1 and 2 unrolled blocks extrapolate to "
-          f"{r['unrolled_matmul_flops'] / 1e12:.3f} TFLOP per chip, the compiled step counts "
-          f"{r['matmul_flops'] / 1e12:.3f}",
+          f"{r['unrolled_matmul_flops'] / 1e9:.2f} GFLOP per chip, the compiled step counts "
+          f"{r['matmul_flops'] / 1e9:.2f}",
           flush=True,
         )
       if fv["json"].value:  # after every compile: a long search keeps what it has done

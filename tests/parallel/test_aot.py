@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -199,3 +200,14 @@ def test_collective_matmul_loops_are_counted_as_often_as_they_run():
   r = aot.analyse(compiled, chip, parts["total"], 32)
   assert r["matmul_flops"] == pytest.approx(without_attention, rel=0.02)
   assert r["flops"] < 0.2 * r["matmul_flops"]
+
+
+@needs_libtpu
+def test_check_flops_cross_checks_the_loop_aware_count():
+  args = ["--config", "configs/p3_posttrain.py:size=smoke", "--config.model.dtype=bfloat16"]
+  args += ["--topology", "v5p:2x2x1", "--mesh", "fsdp=2,seq=2", "--what", "sample", "--check-flops"]
+  run = subprocess.run([PIPPO_COMPILE, *args], cwd=REPO, capture_output=True, text=True)
+  assert run.returncode == 0, run.stderr
+  (line,) = [ln for ln in run.stdout.splitlines() if ln.startswith("FLOPs check:")]
+  unrolled, compiled = (float(x) for x in re.findall(r"(\d+\.\d+)", line))
+  assert compiled > 0 and compiled == pytest.approx(unrolled, rel=0.03), line
