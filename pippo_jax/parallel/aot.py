@@ -324,6 +324,7 @@ def matmul_flops(hlo_text: str) -> float:
   (Pallas kernels such as splash attention).
   """
   shapes: dict[str, list[int] | None] = {}
+  defs: dict[str, tuple[str, str]] = {}  # name -> (op, rest); HLO names are module-unique
   body: dict[str, list[tuple[str, str, str]]] = {}
   entry, current = None, None
   for line in hlo_text.splitlines():
@@ -338,14 +339,11 @@ def matmul_flops(hlo_text: str) -> float:
     if inst and current is not None:
       name, shape, op, rest = inst.groups()
       shapes[name] = _dims(shape)
+      defs[name] = (op, rest)
       body[current].append((name, op, rest))
 
   def operands(rest: str) -> list[str]:
     return re.findall(r"%([\w.\-]+)", rest.split(")", 1)[0])
-
-  defs: dict[str, tuple[str, str]] = {}  # name -> (op, rest); HLO names are module-unique
-  for insts in body.values():
-    defs.update((name, (op, rest)) for name, op, rest in insts)
 
   def constant(name: str) -> int | None:
     op, rest = defs.get(name, ("", ""))
