@@ -431,9 +431,12 @@ def blockwise_attention(q, k, v, *, scale: float, block_q: int = 512, block_kv: 
 # ----------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=32)
 def _splash_kernel(heads: int, tokens: tuple[int, int], bq: int, bkv: int, interpret: bool):
-  """Builds (and caches) a full-mask splash kernel for `heads` heads of (query, key) `tokens`."""
+  """A full-mask splash kernel for `heads` heads of (query, key) `tokens`.
+
+  Built in the trace that calls it and never kept: its mask arrays become that trace's values
+  (a kernel cached across traces would hand the next trace the previous one's tracers). The
+  mask analysis itself is cached by Pallas."""
   # Imported lazily: the Pallas TPU modules are only needed for "splash".
   # pylint: disable-next=g-import-not-at-top
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash

@@ -59,6 +59,20 @@ def test_splash_interpret_matches_reference(tokens):
   np.testing.assert_allclose(out, _reference(q, k, v, scale), **TOL)
 
 
+def test_splash_first_traced_in_a_scan_then_traced_again():
+  # A model is traced more than once (abstract init, then the step), its blocks under a scan: a
+  # kernel built in the first trace must not hand that trace's values to the next one (it did:
+  # UnexpectedTracerError). A shape no other test uses, so the first call is the traced one.
+  q, k, v = _qkv((1, 136, 3, 16), seed=4)
+  scale = SCALES[1]
+  attend = lambda q, k, v: attention.dot_product_attention(
+    q, k, v, scale=scale, implementation="splash", block_q=128, block_kv=128
+  )
+  scanned = lambda q: jax.lax.scan(lambda x, _: (attend(x, k, v), None), q, None, length=2)[0]
+  assert jax.eval_shape(scanned, q).shape == q.shape
+  np.testing.assert_allclose(jax.jit(attend)(q, k, v), _reference(q, k, v, scale), **TOL)
+
+
 def test_splash_interpret_attends_fewer_queries_to_all_keys():
   # Sequence parallelism: a device's share of the queries against every key (padded: 200).
   _, k, v = _qkv((1, 200, 2, 16), seed=2)
