@@ -309,7 +309,16 @@ def _conv_flops(rest: str, out: list[int], lhs: list[int] | None, rhs: list[int]
   return 2.0 * batch_features * in_per_group * pairs
 
 
-def matmul_flops(hlo_text: str) -> float:
+# Splash attention's Pallas kernels (full mask, so every query-key tile is computed): matmuls per
+# query-key pair and head dim, 2 FLOPs each. Forward: q k^T and p v; the dq kernel recomputes
+# q k^T, then dp = do v^T and dq = ds k; the dkv kernel recomputes q k^T, then dp, dv = p^T do
+# and dk = ds^T q.
+_SPLASH_MATMULS = {"fwd": 2, "dq": 3, "dkv": 4}
+_SPLASH_KERNEL = re.compile(r"splash_\w*?_(fwd|dq|dkv)_")
+_FLOAT = re.compile(r"^(f8\w*|bf16|f16|f32|f64)\[")
+
+
+def matmul_flops(hlo_text: str, splash: bool = True) -> float:
   """FLOPs of the dots and convolutions of a compiled HLO module, with every loop counted as
   many times as it runs.
 
@@ -320,12 +329,14 @@ def matmul_flops(hlo_text: str) -> float:
   induction variable's start in the loop's initial tuple, its bound in the condition
   `i < bound`, its step in the body, as `lax.scan` and the partitioner emit them). A
   conditional counts its costliest branch.
-  Elementwise work is not counted (small next to the matmuls), nor what runs inside custom calls
-  (Pallas kernels such as splash attention).
+  Splash attention's Pallas kernels (custom calls) count their matmuls from their query and key
+  shapes (`_SPLASH_MATMULS`) unless `splash` is False; other custom calls and elementwise work
+  (small next to the matmuls) are not counted.
   """
   shapes: dict[str, list[int] | None] = {}
   defs: dict[str, tuple[str, str]] = {}  # name -> (op, rest); HLO names are module-unique
   body: dict[str, list[tuple[str, str, str]]] = {}
+  floats: set[str] = set()
   entry, current = None, None
   for line in hlo_text.splitlines():
     head = _COMPUTATION.match(line)
@@ -339,6 +350,8 @@ def matmul_flops(hlo_text: str) -> float:
     if inst and current is not None:
       name, shape, op, rest = inst.groups()
       shapes[name] = _dims(shape)
+      if _FLOAT.match(shape):
+        floats.add(name)
       defs[name] = (op, rest)
       body[current].append((name, op, rest))
 
@@ -391,6 +404,10 @@ def matmul_flops(hlo_text: str) -> float:
         flops_ += 2.0 * math.prod(out) * contract
       elif op == "convolution" and out is not None:
         flops_ += _conv_flops(rest, out, *(shapes.get(o) for o in operands(rest)[:2]))
+      elif op == "custom-call" and splash and (kernel := _SPLASH_KERNEL.match(name)):
+        q, k = [shapes[o] for o in operands(rest) if o in floats][:2]  # [..., tokens, head dim]
+        pairs = math.prod(q[:-1]) * k[-2]
+        flops_ += 2.0 * _SPLASH_MATMULS[kernel.group(1)] * pairs * q[-1]
       if op == "while":
         cond = re.search(r"condition=%([\w.\-]+)", rest)
         loop = re.search(r"body=%([\w.\-]+)", rest)
@@ -420,12 +437,14 @@ def analyse(compiled, chip: Chip | None, model_flops: float, chips: int) -> dict
   `model_flops` is the analytic FLOP count of the whole step (`models.flops`, without
   rematerialisation); its per-chip share over the estimated time, against the chip's peak, is
   the estimated MFU. `flops` is XLA's cost analysis (a loop body counted once); `matmul_flops`
-  counts the dots and convolutions with every loop's trip count (`matmul_flops`). The estimate
+  counts the dots, convolutions and splash attention kernels with every loop's trip count
+  (`matmul_flops`), `splash_flops` the kernels' share of it. The estimate
   (`roofline`) ignores collectives and assumes perfect overlap, so it is a lower bound on the
   step time.
   """
   mem = compiled.memory_analysis()
   text = compiled.as_text()
+  counted = matmul_flops(text)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   total = (
@@ -442,7 +461,8 @@ def analyse(compiled, chip: Chip | None, model_flops: float, chips: int) -> dict
     temp_bytes=mem.temp_size_in_bytes,
     total_bytes=total,
     flops=float(cost.get("flops", 0.0)),
-    matmul_flops=matmul_flops(text),
+    matmul_flops=counted,
+    splash_flops=counted - matmul_flops(text, splash=False),
     bytes_accessed=float(cost.get("bytes accessed", 0.0)),
     collectives=collectives(text),
     model_flops_per_chip=model_flops / chips,

@@ -182,8 +182,9 @@ def test_search_tries_every_mesh_and_picks_the_highest_mfu(tmp_path):
 def test_collective_matmul_loops_are_counted_as_often_as_they_run():
   """FSDP over 32 chips: the partitioner turns the blocks' weight all-gather + matmul into
   windowed loops (convolutions over padded pairs of shards), inside the scanned blocks. The
-  loop-aware count equals the analytic forward without attention (splash attention is a Pallas
-  kernel, not counted); XLA's cost analysis, one body per loop, misses most of it."""
+  loop-aware count equals the analytic forward, its dots and convolutions the forward without
+  attention (a splash kernel, counted apart); XLA's cost analysis, one body per loop, misses
+  most of it."""
   config = importlib.import_module("pippo_jax.configs.p1_pretrain").get_config("res=512")
   config = aot.with_overrides(config, mesh=dict(fsdp=32))
   config.model.dtype = "bfloat16"
@@ -198,8 +199,41 @@ def test_collective_matmul_loops_are_counted_as_often_as_they_run():
   parts = flops.forward_flops(cfg, batch=32 * passes)
   without_attention = (parts["total"] - parts["blocks.attention"]) / 32
   r = aot.analyse(compiled, chip, parts["total"], 32)
-  assert r["matmul_flops"] == pytest.approx(without_attention, rel=0.02)
+  assert r["matmul_flops"] - r["splash_flops"] == pytest.approx(without_attention, rel=0.02)
+  assert r["matmul_flops"] == pytest.approx(parts["total"] / 32, rel=0.02)
   assert r["flops"] < 0.2 * r["matmul_flops"]
+
+
+@needs_libtpu
+@pytest.mark.parametrize("what", ["sample", "train"])
+def test_splash_kernels_count_the_matmuls_xla_attention_does(what):
+  """The same attention as splash kernels and as XLA dots (256 tokens: no tile padding). The
+  sampler's forward counts the same; the training step's splash backward does 3 more matmuls
+  per query-key pair than autodiff of the dots (its dq and dkv kernels each recompute the
+  scores and the probabilities' gradient): 1.5 x the attention forward."""
+  devices, _ = aot.topology("v5p:2x2x1")
+  counts = {}
+  for impl in ("splash", "xla"):
+    config = importlib.import_module("pippo_jax.configs.p3_posttrain").get_config(
+      "size=smoke,views=3"
+    )
+    config = aot.with_overrides(config, mesh=dict(fsdp=4), remat="nothing_saveable")
+    config.model.attention_impl = impl
+    mesh = sharding.mesh_from_config(config.sharding.mesh, devices)
+    rules = sharding.rules_from_config(config.sharding.rules)
+    if what == "train":
+      compiled = aot.compile_train(config, mesh, rules)
+    else:
+      compiled = aot.compile_sample(config, mesh, rules, 4)
+    counts[impl] = aot.matmul_flops(compiled.as_text())
+  cfg = ModelConfig.from_config(config.model)
+  assert (cfg.num_views + 1) * cfg.tokens_per_view == 256
+  # per chip: batch 4 over 4 chips (train), 4 samples x guidance passes over 4 chips (sample)
+  attention = flops.forward_flops(cfg, batch=1)["blocks.attention"]
+  if what == "sample":
+    assert counts["splash"] == pytest.approx(counts["xla"], rel=1e-6)
+  else:
+    assert counts["splash"] - counts["xla"] == pytest.approx(1.5 * attention, rel=1e-6)
 
 
 @needs_libtpu
