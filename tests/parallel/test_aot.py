@@ -228,7 +228,7 @@ def test_splash_kernels_count_the_matmuls_xla_attention_does(what):
     counts[impl] = aot.matmul_flops(compiled.as_text())
   cfg = ModelConfig.from_config(config.model)
   assert (cfg.num_views + 1) * cfg.tokens_per_view == 256
-  # per chip: batch 4 over 4 chips (train), 4 samples x guidance passes over 4 chips (sample)
+  # the training step's share per chip: 4 examples over 4 chips
   attention = flops.forward_flops(cfg, batch=1)["blocks.attention"]
   if what == "sample":
     assert counts["splash"] == pytest.approx(counts["xla"], rel=1e-6)
