@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from pippo_jax.models import layers
+
 IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn", "splash")
 
 # Finite "minus infinity" for masked logits: exp() of it underflows to 0
@@ -349,7 +351,9 @@ def _blockwise_bwd_impl(scale, block_q, block_kv, res, d_out):
   nq, nk = q.shape[1], k.shape[1]
   bq, bkv, nq_pad, nk_pad, n_qb, n_kvb = _blocking(q, k, block_q, block_kv)
   # delta_i = sum_d dO_id * O_id, the row term of the softmax Jacobian.
-  delta = jnp.einsum("bqhd,bqhd->bhq", d_out.astype(jnp.float32), out.astype(jnp.float32))
+  delta = layers.unit_batch_squeezed(functools.partial(jnp.einsum, "...qhd,...qhd->...hq"))(
+    d_out.astype(jnp.float32), out.astype(jnp.float32)
+  )
   lse_p, delta_p = (_pad_tokens(x, nq_pad, axis=2) for x in (lse, delta))
   q_p, do_p = _pad_tokens(q, nq_pad), _pad_tokens(d_out, nq_pad)
   k_p, v_p = _pad_tokens(k, nk_pad), _pad_tokens(v, nk_pad)

@@ -27,8 +27,14 @@ from pippo_jax.models import attention, embeddings, layers
 from pippo_jax.models.config import ModelConfig
 
 
+@layers.unit_batch_squeezed
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
   return x * (1 + scale) + shift
+
+
+@layers.unit_batch_squeezed
+def gated_modulate(x: jax.Array, shift: jax.Array, scale: jax.Array, gate: jax.Array) -> jax.Array:
+  return gate * modulate(x, shift, scale)
 
 
 def apply_control_block(ctrl: dict, params: dict, compute_dtype: Any) -> jax.Array:
@@ -100,7 +106,7 @@ class DiTBlock(nn.Module):
     a = layers.Dense(d, ("mlp", "embed"), compute_dtype=cd, name="attn_out")(
       a.reshape(b, length, d).astype(jnp.float32)
     )
-    a = gate_a * modulate(a, shift_a, scale_a)
+    a = gated_modulate(a, shift_a, scale_a, gate_a)
 
     h = layers.constrain(h, ("act_batch", "act_length", "act_mlp"))
     m = layers.Dense(d, ("mlp", "embed"), compute_dtype=cd, name="mlp_out")(
@@ -109,7 +115,7 @@ class DiTBlock(nn.Module):
     if ctrl is not None:
       control = apply_control_block(ctrl, ctrl_params, cd)
       m = m.at[:, : control.shape[1]].add(control)
-    m = gate_m * modulate(m, shift_m, scale_m)
+    m = gated_modulate(m, shift_m, scale_m, gate_m)
     return x + a + m, None
 
 

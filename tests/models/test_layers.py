@@ -40,3 +40,43 @@ def test_conv_as_patches_matmul_equals_a_convolution(k, stride):
   ) + nn.unbox(params["params"]["bias"])
   assert got.shape == want.shape == (2, -(-10 // stride), -(-10 // stride), 7)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_unit_batch_squeezed_drops_a_unit_batch_and_keeps_values_and_gradients():
+  seen = []
+
+  def modulate(x, shift, scale, eps):
+    seen.append((x.shape, shift.shape, scale.shape))
+    return x * (1 + scale) + shift + eps
+
+  squeezed = layers.unit_batch_squeezed(modulate)
+  rng = np.random.default_rng(0)
+  for b in (1, 2):
+    x, shift, scale, w = (rng.normal(size=s) for s in ((b, 5, 8), (b, 1, 8), (b, 1, 8), (b, 5, 8)))
+    seen.clear()
+    y = squeezed(*(jnp.asarray(a, jnp.float32) for a in (x, shift, scale)), 0.5)
+    assert seen == ([((5, 8), (1, 8), (1, 8))] if b == 1 else [((b, 5, 8), (b, 1, 8), (b, 1, 8))])
+    np.testing.assert_allclose(y, x * (1 + scale) + shift + 0.5, rtol=1e-6, atol=1e-6)
+    loss = lambda x, s, c: jnp.sum(w * squeezed(x, s, c, 0.5))
+    dx, dshift, dscale = jax.grad(loss, (0, 1, 2))(
+      *(jnp.asarray(a, jnp.float32) for a in (x, shift, scale))
+    )
+    np.testing.assert_allclose(dx, w * (1 + scale), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dshift, w.sum(1, keepdims=True), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dscale, (w * x).sum(1, keepdims=True), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 6, 16), (2, 6, 16), (1, 6, 3, 8)])
+def test_layer_norm_against_float64(shape):
+  rng = np.random.default_rng(1)
+  x, w = rng.normal(size=shape) * 3 + 1, rng.normal(size=shape)
+  mean = x.mean(-1, keepdims=True)
+  xhat = (x - mean) / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + 1e-5)
+  got = layers.layer_norm_stats(jnp.asarray(x, jnp.float32), 1e-5)
+  np.testing.assert_allclose(got, xhat, rtol=1e-5, atol=1e-5)
+  # d/dx sum(w * xhat) = (w - mean(w) - xhat * mean(w * xhat)) / std
+  std = np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + 1e-5)
+  want = (w - w.mean(-1, keepdims=True) - xhat * (w * xhat).mean(-1, keepdims=True)) / std
+  loss = lambda x: jnp.sum(w * layers.layer_norm_stats(x, 1e-5))
+  dx = jax.grad(loss)(jnp.asarray(x, jnp.float32))
+  np.testing.assert_allclose(dx, want, rtol=1e-4, atol=1e-4)
