@@ -126,14 +126,11 @@ def table() -> str:
           f"| {config} | {pod} ({chips} chips) | {r['what']} | {r['mesh_text']} | {r['batch']} | "
           f"{gib(r['total_bytes'])} ({gib(r['argument_bytes'])} + {gib(r['temp_bytes'])}) | "
           f"{r['total_bytes'] / r['hbm_bytes']:.1%}{'' if r['fits'] else ' (does not fit)'} | "
-          f"{r['matmul_flops'] / 1e12:.2f}{'' if 'splash_flops' in r else ' †'}, "
-          f"{r['model_flops_per_chip'] / 1e12:.2f} | "
+          f"{r['matmul_flops'] / 1e12:.2f}, {r['model_flops_per_chip'] / 1e12:.2f} | "
           f"{r['bytes_accessed'] / 1e9:.1f} | "
           f"{r['step_seconds']:.3f} ({r['bound']}) | {r['mfu']:.0%} | {coll} | "
           f"{r['compile_seconds']:.0f} |"
         )
-  if any("†" in line for line in lines):
-    lines.append("\n† compiled before splash attention's kernels were counted: without attention.")
   return "\n".join(lines)
 
 
