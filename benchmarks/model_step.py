@@ -62,9 +62,10 @@ def load_config(spec: str, dtype: str | None = None, **model_overrides):
   return config_lib.validate(config)
 
 
-def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
-  """This machine's best achieved float32 FLOP/s on an n x n x n jitted matmul (MFU reference)."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+def matmul_peak(n: int = 2048, repeats: int = 10, dtype: str = "float32") -> float:
+  """This machine's best achieved FLOP/s on an n x n x n jitted matmul of `dtype` inputs (the MFU
+  reference is float32's)."""
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   f = jax.jit(lambda x, y: x @ y)
   return 2 * n**3 / time_fn(lambda x: f(x, x), a, repeats)
 
@@ -145,7 +146,7 @@ def build(config) -> Bench:
   with sharding.activate(mesh):
     compiled = step_fn.lower(state, batch).compile()  # (state, batch, codec)
   step = lambda s, b: compiled(s, b, codec)
-  step.memory_analysis = compiled.memory_analysis
+  step.memory_analysis, step.as_text = compiled.memory_analysis, compiled.as_text
   compile_s["step"] = time.perf_counter() - start
   return Bench(config, cfg, fns["forward"], fns["loss_grad"], step, state, batch, compile_s, mesh)
 

@@ -29,7 +29,13 @@ reference latent [B,1,1,4,h,w], Plücker [B,NV,1,6,H,W], camera poses [B,NV,1,16
 `model_step.build` does for ours, every release parameter gets +0.01 so zero-initialised layers are
 live. For each dtype and batch size both steps are warmed up, then `--repeats` rounds alternate one
 release step and one of ours; the table gives the min and median of each and the ratio of the
-mins. Parameter counts are checked: ours equals the release's minus its per-block cross-attention
+mins. Beside them the table gives our step's matmul floor: the FLOPs of the dots in its compiled
+program (`parallel.aot.matmul_flops`, loops counted as often as they run) divided by this
+machine's matmul peak in that dtype, measured in the same run (`model_step.matmul_peak`): the
+time of the step if every matmul ran at the peak and nothing else took any time. The column after
+it is the release's min / 1.2, the time a step 1.2x faster than the release's must reach; where
+the floor is close to it, no rearrangement of the non-matmul work gets there. Parameter counts are
+checked: ours equals the release's minus its per-block cross-attention
 weights (`cond_attn_norm`, `cond_attn_proj`, `k_cond_norm`), which the release creates but its
 self-attention conditioning (`cond_self_attn`) never uses. The loss of each side's last step is
 printed to show both are finite.
@@ -65,6 +71,7 @@ import model_step  # noqa: E402  (sibling module)
 from pippo_jax import config_lib, hostmem  # noqa: E402
 from pippo_jax.models import params as params_lib  # noqa: E402
 from pippo_jax.models.config import ModelConfig  # noqa: E402
+from pippo_jax.parallel import aot  # noqa: E402
 
 RELEASE_YML = "config/tiny/128_4v_tiny.yml"
 RELEASE_FILES = (
@@ -348,6 +355,11 @@ def main():
   print(f"machine: {machine()}")
   print(f"release: {src} (its {RELEASE_YML} model section; VAE replaced by the identity)")
   rows, counted = [], False
+  peaks = {dtype: model_step.matmul_peak(dtype=dtype) for dtype in dtypes}
+  print(
+    "matmul peak (2048^3, GFLOP/s): "
+    + ", ".join(f"{dtype} {peak / 1e9:.1f}" for dtype, peak in peaks.items())
+  )
   for dtype in dtypes:
     for b in batches:
       config = model_step.load_config(args.config, dtype)
@@ -384,16 +396,21 @@ def main():
         f"{loss['ours']:.4f} ({finite})",
         flush=True,
       )
-      rows.append((dtype, b, times["release"], times["ours"]))
+      floor = aot.matmul_flops(bench.step.as_text()) / peaks[dtype]
+      rows.append((dtype, b, times["release"], times["ours"], floor))
       del release, ours, bench
       gc.collect()
 
-  print("\n| dtype | batch | release s (min / median) | ours s (min / median) | release / ours |")
-  print("|---|---|---|---|---|")
-  for dtype, b, rel, our in rows:
+  print(
+    "\n| dtype | batch | release s (min / median) | ours s (min / median) | release / ours | "
+    "our matmul floor s | release / 1.2 s |"
+  )
+  print("|---|---|---|---|---|---|---|")
+  for dtype, b, rel, our, floor in rows:
     print(
       f"| {dtype} | {b} | {min(rel):.3f} / {statistics.median(rel):.3f} | "
-      f"{min(our):.3f} / {statistics.median(our):.3f} | {min(rel) / min(our):.2f} |"
+      f"{min(our):.3f} / {statistics.median(our):.3f} | {min(rel) / min(our):.2f} | "
+      f"{floor:.3f} | {min(rel) / 1.2:.3f} |"
     )
 
 
