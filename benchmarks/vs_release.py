@@ -35,9 +35,9 @@ machine's matmul peak in that dtype, measured in the same run (`model_step.matmu
 time of the step if every matmul ran at the peak and nothing else took any time. The column after
 it is the release's min / 1.2, the time a step 1.2x faster than the release's must reach; where
 the floor is close to it, no rearrangement of the non-matmul work gets there. Parameter counts are
-checked: ours equals the release's minus its per-block cross-attention
-weights (`cond_attn_norm`, `cond_attn_proj`, `k_cond_norm`), which the release creates but its
-self-attention conditioning (`cond_self_attn`) never uses. The loss of each side's last step is
+checked: ours equals the release's minus its per-block cross-attention weights (`cond_attn_norm`,
+`cond_attn_proj`, `k_cond_norm`), which the release creates but its self-attention conditioning
+(`cond_self_attn`) never uses. The loss of each side's last step is
 printed to show both are finite.
 
 Condition dropout is off on both sides (the stage's `diffusion.cond_drop` and the yml's `p_drop_*`
